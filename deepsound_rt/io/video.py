@@ -1,0 +1,207 @@
+"""Reading the input video into the two frame streams MMAudio conditions on.
+
+Reproduces MMAudio's ``load_video``/``read_frames`` numerically: frames are resampled by their
+presentation time (``frame.time``: seconds from 0, not from the stream's start time) onto
+8 fps (CLIP) and 25 fps (Synchformer) time grids, then resized with torchvision's bicubic,
+antialiased resize. Unlike upstream, each kept frame is converted once, as it is decoded, and
+full-resolution frames are never stored.
+
+One deliberate difference: upstream accumulates grid times in floating point (0 + 1/fps + ...),
+so a 25 fps source occasionally skips a frame and repeats the next one, and an exactly 8.00 s,
+25 fps video yields only 199 sync frames (7.96 s). Here grid slot k sits at exactly k/fps and
+frame times are exact fractions (pts x time base), so that video gives the 8.00 s asked for.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import torch
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+from deepsound_rt.errors import InputError
+
+CLIP_FPS = 8
+SYNC_FPS = 25
+CLIP_SIZE = 384
+SYNC_SIZE = 224
+SYNC_SEGMENT_FRAMES = 16
+MIN_DURATION_S = SYNC_SEGMENT_FRAMES / SYNC_FPS
+"""Synchformer needs at least one 16-frame segment at 25 fps: 0.64 s."""
+DEFAULT_DURATION_S = 8.0
+
+
+@dataclass
+class VideoClip:
+    """The part of the input video that audio is generated for.
+
+    ``clip_frames`` (T, 3, 384, 384) and ``sync_frames`` (T, 3, 224, 224) are uint8, exactly what
+    torchvision's resize (and centre crop) give before MMAudio scales them to float.
+    """
+
+    duration_s: float
+    fps: Fraction | None
+    clip_frames: torch.Tensor
+    sync_frames: torch.Tensor
+    width: int
+    height: int
+    has_audio: bool
+
+
+@dataclass
+class VideoProbe:
+    """What the container says about a video, without decoding it."""
+
+    duration_s: float | None
+    fps: Fraction | None
+    width: int
+    height: int
+    has_audio: bool
+
+
+def clip_transform(image: torch.Tensor) -> torch.Tensor:
+    """MMAudio's CLIP input geometry: squash to 384×384, bicubic (aspect ratio is not kept)."""
+    return TF.resize(image, [CLIP_SIZE, CLIP_SIZE], interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+
+
+def sync_transform(image: torch.Tensor) -> torch.Tensor:
+    """MMAudio's Synchformer input geometry: short side to 224, bicubic, then a 224×224 centre crop."""
+    resized = TF.resize(image, [SYNC_SIZE], interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+    return TF.center_crop(resized, [SYNC_SIZE, SYNC_SIZE])
+
+
+@dataclass
+class _TimeGridSampler:
+    """Resamples decoded frames onto a ``fps`` time grid the MMAudio way: each grid slot takes
+    the first frame whose time is at or after it. A slower source thus has each frame repeated
+    over the slots since the previous frame (shown up to one source interval early, not held
+    after), and a faster one has frames skipped."""
+
+    fps: int
+    transform: Callable[[torch.Tensor], torch.Tensor]
+    frames: list[torch.Tensor] = field(default_factory=list)
+
+    @property
+    def next_time(self) -> Fraction:
+        return Fraction(len(self.frames), self.fps)
+
+    def wants(self, time: Fraction) -> bool:
+        return time >= self.next_time
+
+    def add(self, time: Fraction, image: torch.Tensor) -> None:
+        converted = self.transform(image)
+        while time >= self.next_time:
+            self.frames.append(converted)
+
+
+def load_video(path: str | Path, duration_s: float | None = DEFAULT_DURATION_S) -> VideoClip:
+    """Decode the first ``duration_s`` seconds (None: the whole video) into CLIP and sync frames.
+
+    The duration shrinks to what the video holds, as in MMAudio; anything shorter than
+    ``MIN_DURATION_S`` is refused, since the sync model cannot see a single segment.
+    """
+    path = Path(path)
+    if duration_s is not None and not duration_s > 0:
+        raise InputError(f"{path}: requested duration must be positive, got {duration_s}")
+    if duration_s is not None and duration_s < MIN_DURATION_S:
+        raise InputError(f"{path}: requested duration {duration_s} s is below the minimum {MIN_DURATION_S} s")
+    end_s = math.inf if duration_s is None else duration_s
+    clip = _TimeGridSampler(CLIP_FPS, clip_transform)
+    sync = _TimeGridSampler(SYNC_FPS, sync_transform)
+    width = height = 0
+    with open_media(path) as container:
+        stream = first_video_stream(container, path)
+        stream.thread_type = "AUTO"
+        fps = stream.guessed_rate or stream.average_rate
+        has_audio = bool(container.streams.audio)
+        for frame in _decode(container, stream, path):
+            if frame.pts is None or frame.time_base is None:
+                raise InputError(f"{path}: video frames carry no timestamps; remux it into .mp4 first")
+            time = frame.pts * frame.time_base  # exact, unlike the float frame.time
+            if time > end_s:
+                break
+            wanting = [sampler for sampler in (clip, sync) if time >= 0 and sampler.wants(time)]
+            if wanting:
+                image = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)
+                width, height = frame.width, frame.height
+                for sampler in wanting:
+                    sampler.add(time, image)
+    if not sync.frames:
+        raise InputError(f"{path}: no decodable video frames")
+    duration_s = min(end_s, len(clip.frames) / CLIP_FPS, len(sync.frames) / SYNC_FPS)
+    clip_count, sync_count = int(CLIP_FPS * duration_s), int(SYNC_FPS * duration_s)
+    if sync_count < SYNC_SEGMENT_FRAMES:
+        raise InputError(f"{path}: video is only {duration_s:.2f} s long; at least {MIN_DURATION_S} s is needed")
+    return VideoClip(
+        duration_s=duration_s,
+        fps=fps,
+        clip_frames=torch.stack(clip.frames[:clip_count]),
+        sync_frames=torch.stack(sync.frames[:sync_count]),
+        width=width,
+        height=height,
+        has_audio=has_audio,
+    )
+
+
+def probe_video(path: str | Path) -> VideoProbe:
+    """Duration, frame rate and size from the container headers, for quick checks and messages."""
+    path = Path(path)
+    with open_media(path) as container:
+        stream = first_video_stream(container, path)
+        if stream.duration is not None:
+            duration_s = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration_s = container.duration / av.time_base
+        else:
+            duration_s = None
+        return VideoProbe(
+            duration_s=duration_s,
+            fps=stream.guessed_rate or stream.average_rate,
+            width=stream.codec_context.width,
+            height=stream.codec_context.height,
+            has_audio=bool(container.streams.audio),
+        )
+
+
+@contextmanager
+def open_media(path: Path) -> Iterator[av.container.InputContainer]:
+    """Open a media file, turning every way it can be unusable into a one-line InputError."""
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, not a video file")
+    try:
+        container = av.open(str(path))
+    except av.FFmpegError as error:
+        raise InputError(f"{path}: not a readable video file ({ffmpeg_reason(error)})") from error
+    except OSError as error:
+        raise InputError(f"{path}: cannot open ({error.strerror or error})") from error
+    with container:
+        yield container
+
+
+def first_video_stream(container: av.container.InputContainer, path: Path) -> av.video.stream.VideoStream:
+    if not container.streams.video:
+        raise InputError(f"{path}: has no video stream")
+    return container.streams.video[0]
+
+
+def _decode(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, path: Path
+) -> Iterator[av.VideoFrame]:
+    """Decoded frames; a file that breaks mid-way is an input problem, not a crash."""
+    try:
+        yield from container.decode(stream)
+    except av.FFmpegError as error:
+        raise InputError(f"{path}: video is corrupt ({ffmpeg_reason(error)})") from error
+
+
+def ffmpeg_reason(error: av.FFmpegError) -> str:
+    """FFmpeg's description without the file name it appends, which our message already has."""
+    return error.strerror or type(error).__name__

@@ -1,0 +1,150 @@
+"""Anti-aliased SnakeBeta: 2x up-sample, SnakeBeta, low-pass and 2x down-sample (BigVGAN's AMP activation).
+
+A periodic activation creates harmonics above the Nyquist frequency; running it at twice the rate
+between two kaiser-windowed sinc filters keeps them from folding back as aliasing. The whole path is
+the one function :func:`snake_beta_antialiased_reference` so that a fused kernel can replace
+``Activation1d.forward`` and be tested against it.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+FILTER_TAPS = 12
+RESAMPLE_RATIO = 2
+# Half-band filter for a 2x rate change: cutoff 0.5/ratio, transition half-width 0.6/ratio (cycles/sample).
+FILTER_CUTOFF = 0.5 / RESAMPLE_RATIO
+FILTER_HALF_WIDTH = 0.6 / RESAMPLE_RATIO
+SNAKE_EPS = 1e-9
+
+
+def kaiser_sinc_filter(cutoff: float, half_width: float, taps: int) -> torch.Tensor:
+    """Low-pass FIR (1, 1, taps): kaiser-windowed sinc, normalised to unit DC gain.
+
+    The kaiser beta follows Kaiser's empirical formula for the attenuation that the transition
+    width allows; even tap counts sample the sinc at half-integer offsets.
+    """
+    half = taps // 2
+    attenuation_db = 2.285 * (half - 1) * math.pi * (4 * half_width) + 7.95
+    if attenuation_db > 50.0:
+        beta = 0.1102 * (attenuation_db - 8.7)
+    elif attenuation_db >= 21.0:
+        beta = 0.5842 * (attenuation_db - 21.0) ** 0.4 + 0.07886 * (attenuation_db - 21.0)
+    else:
+        beta = 0.0
+    window = torch.kaiser_window(taps, periodic=False, beta=beta)
+    if taps % 2 == 0:
+        time = torch.arange(-half, half) + 0.5
+    else:
+        time = torch.arange(taps) - half
+    taps_values = 2 * cutoff * window * torch.sinc(2 * cutoff * time)
+    taps_values /= taps_values.sum()
+    return taps_values.view(1, 1, taps)
+
+
+def upsample_2x(x: torch.Tensor, up_filter: torch.Tensor) -> torch.Tensor:
+    """(B, C, T) -> (B, C, 2T): replicate-pad, zero-stuffing transposed conv (gain 2), crop the edges."""
+    taps = up_filter.shape[-1]
+    pad = taps // RESAMPLE_RATIO - 1
+    crop_left = pad * RESAMPLE_RATIO + (taps - RESAMPLE_RATIO) // 2
+    crop_right = pad * RESAMPLE_RATIO + (taps - RESAMPLE_RATIO + 1) // 2
+    channels = x.shape[1]
+    x = F.pad(x, (pad, pad), mode="replicate")
+    y = RESAMPLE_RATIO * F.conv_transpose1d(
+        x, up_filter.expand(channels, -1, -1), stride=RESAMPLE_RATIO, groups=channels
+    )
+    return y[..., crop_left : y.shape[-1] - crop_right]
+
+
+def downsample_2x(x: torch.Tensor, down_filter: torch.Tensor) -> torch.Tensor:
+    """(B, C, 2T) -> (B, C, T): replicate-pad (asymmetric for even taps), low-pass, keep every 2nd sample."""
+    taps = down_filter.shape[-1]
+    pad_left = taps // 2 - int(taps % 2 == 0)
+    pad_right = taps // 2
+    channels = x.shape[1]
+    x = F.pad(x, (pad_left, pad_right), mode="replicate")
+    return F.conv1d(x, down_filter.expand(channels, -1, -1), stride=RESAMPLE_RATIO, groups=channels)
+
+
+def snake_beta(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, logscale: bool = True) -> torch.Tensor:
+    """x + sin²(a·x) / (b + 1e-9) per channel, with a = e^alpha, b = e^beta when ``logscale``."""
+    alpha = alpha.view(1, -1, 1)
+    beta = beta.view(1, -1, 1)
+    if logscale:
+        alpha = torch.exp(alpha)
+        beta = torch.exp(beta)
+    return x + (1.0 / (beta + SNAKE_EPS)) * torch.sin(x * alpha).pow(2)
+
+
+def snake_beta_antialiased_reference(
+    x: torch.Tensor,
+    alpha_log: torch.Tensor,
+    beta_log: torch.Tensor,
+    up_filter: torch.Tensor,
+    down_filter: torch.Tensor,
+    *,
+    logscale: bool = True,
+) -> torch.Tensor:
+    """The anti-aliased SnakeBeta on (B, C, T), computed in float32 and returned in ``x``'s dtype.
+
+    Half-precision inputs are upcast because sin(a·x) of large arguments and the filter sums lose
+    too much in 8- or 11-bit mantissas. ``logscale=False`` takes alpha/beta as linear values.
+    """
+    work = x.float()
+    y = upsample_2x(work, up_filter.float())
+    y = snake_beta(y, alpha_log.float(), beta_log.float(), logscale)
+    return downsample_2x(y, down_filter.float()).to(x.dtype)
+
+
+class SnakeBeta(nn.Module):
+    """Per-channel SnakeBeta parameters; ``alpha``/``beta`` are log-scale when ``alpha_logscale``."""
+
+    def __init__(self, channels: int, alpha_logscale: bool = True) -> None:
+        super().__init__()
+        self.alpha_logscale = alpha_logscale
+        initial = torch.zeros(channels) if alpha_logscale else torch.ones(channels)
+        self.alpha = nn.Parameter(initial.clone())
+        self.beta = nn.Parameter(initial.clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return snake_beta(x, self.alpha, self.beta, self.alpha_logscale)
+
+
+class _Filter(nn.Module):
+    """Holds one resampling filter as buffer ``filter``, the checkpoint's key layout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("filter", kaiser_sinc_filter(FILTER_CUTOFF, FILTER_HALF_WIDTH, FILTER_TAPS))
+
+
+class _DownSample2x(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lowpass = _Filter()
+
+
+class Activation1d(nn.Module):
+    """Anti-aliased SnakeBeta with upstream's state-dict layout (``act``, ``upsample``, ``downsample``).
+
+    The filters are persistent buffers because the checkpoints store them; they are deterministic.
+    """
+
+    def __init__(self, activation: SnakeBeta) -> None:
+        super().__init__()
+        self.act = activation
+        self.upsample = _Filter()
+        self.downsample = _DownSample2x()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return snake_beta_antialiased_reference(
+            x,
+            self.act.alpha,
+            self.act.beta,
+            self.upsample.filter,
+            self.downsample.lowpass.filter,
+            logscale=self.act.alpha_logscale,
+        )

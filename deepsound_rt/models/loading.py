@@ -1,0 +1,141 @@
+"""Build the generator's networks for a preset: from official files, or tiny and random (``dev``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import WeightsError
+from ..weights_dir import check_official_checksum, find_weight_file
+from .bigvgan import BigVGAN, load_vocoder_file
+from .clip import ClipEncoder
+from .mmaudio.network import TRAINING_DURATION_S, Conditions, MMAudio, sequence_lengths
+from .synchformer import Synchformer
+from .vae import VAE
+from .weights import load_state_file
+
+DEV_SEED = 20250328  # dev weights are random but the same on every machine and run
+
+
+@dataclass
+class GeneratorModels:
+    """The step-1 networks on their device, in eval mode, ready to be wrapped as graphs."""
+
+    flow: MMAudio
+    vae: VAE
+    vocoder: BigVGAN
+    synchformer: Synchformer
+    clip: ClipEncoder
+
+    @property
+    def latent_dim(self) -> int:
+        return self.flow.config.latent_dim
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        return self.clip.tokenize(texts)
+
+    def set_sequence_lengths(self, latent: int, clip: int, sync: int) -> None:
+        """Rebuild the flow network's duration-dependent tables only when the duration changes."""
+        if (latent, clip, sync) != (self.flow.latent_seq_len, self.flow.clip_seq_len, self.flow.sync_seq_len):
+            self.flow.update_seq_lengths(latent, clip, sync)
+
+    def graphs(self, backend) -> dict:
+        """Named graphs for the stages; conditional and unconditional conditions travel together
+        as one batch of 2 (``paired_*``) so each Euler step is a single network call."""
+        flow, clip, sync, vae, vocoder = self.flow, self.clip, self.synchformer, self.vae, self.vocoder
+
+        def flow_conditions(clip_f, sync_f, text_f, negative_text_f):
+            cond = flow.preprocess_conditions(clip_f, sync_f, text_f)
+            uncond = flow.get_empty_conditions(clip_f.shape[0], negative_text_features=negative_text_f)
+            return {f"paired_{name}": torch.cat([c, u]) for name, c, u in zip(Conditions._fields, cond, uncond)}
+
+        def flow_velocity(x, t, cfg_strength, **paired):
+            conditions = Conditions(*(paired[f"paired_{name}"] for name in Conditions._fields))
+            return {"velocity": flow.paired_guided_velocity(t, x, conditions, float(cfg_strength))}
+
+        return {
+            "clip_image": backend.graph("clip_image", lambda frames: {"features": clip.encode_images(frames)}),
+            "clip_text": backend.graph("clip_text", lambda tokens: {"features": clip.encode_tokens(tokens)}),
+            "sync": backend.graph("sync", lambda frames: {"features": sync.encode_video_with_sync(frames)}),
+            "flow_conditions": backend.graph("flow_conditions", flow_conditions),
+            "flow_velocity": backend.graph("flow_velocity", flow_velocity,
+                                           fp32_inputs=frozenset({"t", "cfg_strength"})),
+            "vae_decode": backend.graph(
+                "vae_decode", lambda latents: {"mel": vae.decode(flow.unnormalize(latents).transpose(1, 2))}),
+            "vocoder": backend.graph("vocoder", lambda mel: {"waveform": vocoder(mel)}),
+        }
+
+
+def _finish(module: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
+    return module.eval().to(device=device, dtype=dtype)
+
+
+def _random_models(preset) -> GeneratorModels:
+    lengths = sequence_lengths(TRAINING_DURATION_S, preset.sampling_rate, preset.hop_length)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(DEV_SEED)
+        models = GeneratorModels(
+            flow=MMAudio(preset.flow, *lengths),
+            vae=VAE(preset.vae.data_dim, preset.vae.embed_dim, preset.vae.hidden_dim),
+            vocoder=BigVGAN(preset.vocoder),
+            synchformer=Synchformer(preset.synchformer),
+            clip=ClipEncoder(preset.clip),
+        )
+    # Each network's random init stands in for a checkpoint and goes through the real loader,
+    # so load-time transforms (the VAE's weight normalisation) apply as they would to a file.
+    state = models.flow.state_dict()
+    state["latent_mean"], state["latent_std"] = torch.zeros_like(state["latent_mean"]), torch.ones_like(state["latent_std"])
+    models.flow.load_checkpoint(state)
+    for network in (models.vae, models.vocoder, models.synchformer):
+        network.load_checkpoint(network.state_dict())
+    return models
+
+
+def _official_models(preset, weights_dir: Path, verify_checksums: bool) -> GeneratorModels:
+    paths = {spec.role: find_weight_file(weights_dir, spec) for spec in preset.files}  # all present first
+    if verify_checksums:
+        for path in paths.values():
+            check_official_checksum(path)
+
+    def read(role: str) -> dict:
+        return load_state_file(paths[role])
+
+    lengths = sequence_lengths(TRAINING_DURATION_S, preset.sampling_rate, preset.hop_length)
+    flow = MMAudio(preset.flow, *lengths)
+    _load(flow.load_checkpoint, read("flow"), paths["flow"])
+    vae = VAE(preset.vae.data_dim, preset.vae.embed_dim, preset.vae.hidden_dim)
+    _load(vae.load_checkpoint, read("vae"), paths["vae"])
+    synchformer = Synchformer(preset.synchformer)
+    _load(synchformer.load_checkpoint, read("synchformer"), paths["synchformer"])
+    return GeneratorModels(
+        flow=flow,
+        vae=vae,
+        vocoder=load_vocoder_file(paths["vocoder"], preset.vocoder),
+        synchformer=synchformer,
+        clip=ClipEncoder.from_weights(paths["clip"], preset.clip),
+    )
+
+
+def _load(load_fn, state: dict, path: Path) -> None:
+    try:
+        load_fn(state)
+    except WeightsError as exc:
+        raise WeightsError(f"{path}: {exc}") from None
+
+
+def load_generator_models(preset, weights_dir: Path | None, device: torch.device, dtype: torch.dtype,
+                          verify_checksums: bool = True) -> GeneratorModels:
+    """All step-1 networks of ``preset`` on ``device`` in ``dtype``; official presets need ``weights_dir``."""
+    if preset.random_weights:
+        models = _random_models(preset)
+    elif weights_dir is None:
+        raise WeightsError(f"preset '{preset.name}' needs --weights DIR with the official checkpoint files")
+    else:
+        models = _official_models(preset, Path(weights_dir), verify_checksums)
+    for name in ("flow", "vae", "vocoder", "synchformer", "clip"):
+        setattr(models, name, _finish(getattr(models, name), device, dtype))
+    return models

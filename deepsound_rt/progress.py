@@ -1,0 +1,60 @@
+"""Console rendering: a live progress bar while the Engine works, then a per-stage timing table."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from .engine import GenerationResult
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """The Engine reports ``completed`` of ``total`` units of work in ``stage``."""
+
+    stage: str
+    completed: int
+    total: int
+
+
+class ConsoleProgress:
+    """A callable progress sink for :meth:`Engine.generate` that draws one bar per stage on stderr."""
+
+    def __init__(self, console: Console | None = None):
+        self._progress = Progress(SpinnerColumn(), TextColumn("{task.description:<14}"), BarColumn(),
+                                  MofNCompleteColumn(), TimeElapsedColumn(),
+                                  console=console or Console(stderr=True), transient=False)
+        self._tasks: dict[str, int] = {}
+
+    def __enter__(self) -> "ConsoleProgress":
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._progress.stop()
+
+    def __call__(self, event: ProgressEvent) -> None:
+        task = self._tasks.get(event.stage)
+        if task is None:
+            task = self._tasks[event.stage] = self._progress.add_task(event.stage, total=event.total)
+        self._progress.update(task, completed=event.completed, total=event.total)
+
+
+def print_timings(result: "GenerationResult", console: Console | None = None) -> None:
+    console = console or Console()
+    table = Table(title=f"per-stage latency ({result.device}, {result.dtype})")
+    table.add_column("stage")
+    table.add_column("backend")
+    table.add_column("seconds", justify="right")
+    table.add_column("share", justify="right")
+    total = result.timings.total
+    for timing in result.timings.stages:
+        share = timing.seconds / total if total else 0.0
+        table.add_row(timing.stage, timing.backend or "-", f"{timing.seconds:.3f}", f"{share:.0%}")
+    rtf = result.duration_s / total if total else float("inf")
+    table.add_row("total", "", f"{total:.3f}", f"{rtf:.2f}x real time", style="bold")
+    console.print(table)

@@ -1,0 +1,143 @@
+"""Prove our definitions against upstream: numerical goldens and full-size checkpoint manifests.
+
+Goldens are dispatched on their JSON ``kind`` and each runner builds its module from the golden's
+own config, so goldens of a known kind with other sizes, durations and seeds are checked the same
+way. Manifests are dispatched on their file stem and compared without allocating weights.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from .golden import Golden, load_golden
+
+# module providing RUNNERS (kind -> runner) and MANIFESTS (manifest stem -> shapes builder)
+_PROVIDERS = (
+    "deepsound_rt.verify.flow",
+    "deepsound_rt.verify.decoders",
+    "deepsound_rt.verify.features",
+)
+
+Runner = Callable[[Golden], dict[str, torch.Tensor]]
+
+
+def _registry(attr: str) -> dict[str, Callable]:
+    merged: dict[str, Callable] = {}
+    for name in _PROVIDERS:
+        merged.update(getattr(importlib.import_module(name), attr))
+    return merged
+
+
+def golden_runners() -> dict[str, Runner]:
+    """kind -> function computing that golden's tensors from its config, state and inputs."""
+    return _registry("RUNNERS")
+
+
+def manifest_builders() -> dict[str, Callable[[], dict[str, tuple[int, ...]]]]:
+    """manifest stem -> function giving our full-size {checkpoint key: shape} (meta device)."""
+    return _registry("MANIFESTS")
+
+
+@dataclass
+class Comparison:
+    tensor: str
+    max_abs: float
+    atol: float
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs <= self.atol
+
+
+@dataclass
+class GoldenReport:
+    name: str
+    kind: str
+    comparisons: list[Comparison]
+    error: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and bool(self.comparisons) and all(c.passed for c in self.comparisons)
+
+    @property
+    def worst(self) -> Comparison | None:
+        return max(self.comparisons, key=lambda c: c.max_abs / c.atol, default=None)
+
+
+def compare(golden: Golden, computed: dict[str, torch.Tensor]) -> list[Comparison]:
+    """Max-abs error of every computed tensor that the golden stores; a missing ``out/`` tensor
+    counts as an infinite error so a runner cannot pass by skipping an output."""
+    results = []
+    names = sorted(set(computed) | {f"out/{k}" for k in golden.outputs})
+    for name in names:
+        try:
+            expected = golden.tensor(name)
+        except KeyError:
+            continue
+        got = computed.get(name)
+        if got is None or tuple(got.shape) != tuple(expected.shape):
+            results.append(Comparison(name, float("inf"), golden.atol(name)))
+            continue
+        diff = (got.detach().double().cpu() - expected.double()).abs()
+        results.append(Comparison(name, float(diff.max()) if diff.numel() else 0.0, golden.atol(name)))
+    return results
+
+
+def check_golden(json_path: Path, runners: dict[str, Runner] | None = None) -> GoldenReport | None:
+    """Run one golden; ``None`` when its kind is not one we know."""
+    runners = golden_runners() if runners is None else runners
+    kind = json.loads(Path(json_path).read_text()).get("kind", "")
+    if kind not in runners:
+        return None
+    golden = load_golden(json_path)
+    try:
+        with torch.inference_mode():
+            computed = runners[kind](golden)
+    except Exception as exc:  # report and go on with the other goldens
+        return GoldenReport(golden.name, kind, [], error=f"{type(exc).__name__}: {exc}")
+    return GoldenReport(golden.name, kind, compare(golden, computed))
+
+
+def check_goldens(directory: Path) -> Iterator[GoldenReport]:
+    runners = golden_runners()
+    for json_path in sorted(Path(directory).glob("*.json")):
+        report = check_golden(json_path, runners)
+        if report is not None:
+            yield report
+
+
+@dataclass
+class ManifestReport:
+    name: str
+    missing: list[str]
+    unexpected: list[str]
+    wrong_shape: list[str]
+    num_keys: int
+    error: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and not (self.missing or self.unexpected or self.wrong_shape)
+
+
+def check_manifest(path: Path) -> ManifestReport:
+    """Compare a manifest's {key: shape} with our full-size definition, key for key."""
+    path = Path(path)
+    builders = manifest_builders()
+    expected = {k: tuple(v) for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
+    if path.stem not in builders:
+        return ManifestReport(path.stem, [], [], [], len(expected), error="no definition for this manifest")
+    ours = builders[path.stem]()
+    return ManifestReport(
+        name=path.stem,
+        missing=sorted(k for k in expected if k not in ours),
+        unexpected=sorted(k for k in ours if k not in expected),
+        wrong_shape=sorted(f"{k}: ours {ours[k]} vs {expected[k]}" for k in expected if k in ours and ours[k] != expected[k]),
+        num_keys=len(expected),
+    )

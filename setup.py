@@ -1,0 +1,78 @@
+"""Package build. The optional ``deepsound_rt._kernels`` extension is built by CMake (kernels/);
+when CMake, pybind11 or a compiler is missing, or DEEPSOUND_RT_NO_KERNELS=1, the package installs
+without it and the runtime uses its torch fallbacks."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import Extension, find_packages, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).resolve().parent
+
+
+class CMakeExtension(Extension):
+    def __init__(self, name: str, source_dir: Path):
+        super().__init__(name, sources=[])
+        self.source_dir = source_dir
+
+
+class CMakeBuild(build_ext):
+    """Configure and build with CMake; a failed build is reported and skipped, never fatal."""
+
+    def build_extensions(self) -> None:
+        # Drop what did not build, so that install/editable steps do not look for its file.
+        self.extensions = [ext for ext in self.extensions if self._build_with_cmake(ext)]
+
+    def _build_with_cmake(self, ext: CMakeExtension) -> bool:
+        if os.environ.get("DEEPSOUND_RT_NO_KERNELS") == "1":
+            print("deepsound_rt: DEEPSOUND_RT_NO_KERNELS=1, skipping the kernels extension")
+            return False
+        out_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
+        build_dir = Path(self.build_temp).resolve() / ext.name
+        build_dir.mkdir(parents=True, exist_ok=True)
+        config = [
+            "cmake", str(ext.source_dir),
+            f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out_dir}",
+            f"-DPython_EXECUTABLE={sys.executable}",
+            "-DCMAKE_BUILD_TYPE=Release",
+        ]
+        try:
+            import pybind11
+
+            config.append(f"-Dpybind11_DIR={pybind11.get_cmake_dir()}")
+            subprocess.run(config, cwd=build_dir, check=True)
+            jobs = str(os.cpu_count() or 2)
+            subprocess.run(["cmake", "--build", ".", "--parallel", jobs], cwd=build_dir, check=True)
+        except (ImportError, OSError, subprocess.CalledProcessError) as exc:
+            print(f"deepsound_rt: kernels extension not built ({exc}); torch fallbacks will be used")
+            return False
+        return Path(self.get_ext_fullpath(ext.name)).exists()
+
+
+setup(
+    name="deepsound_rt",
+    version="0.1.0",
+    description="Inference runtime for step-by-step video-to-audio generation (DeepSound-V1 style)",
+    packages=find_packages(include=["deepsound_rt", "deepsound_rt.*"]),
+    package_data={"deepsound_rt": ["assets/*.mp4"]},
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.4",
+        "torchvision",
+        "open_clip_torch>=2.24",
+        "timm",
+        "safetensors",
+        "av>=12",
+        "soundfile",
+        "numpy",
+        "rich",
+    ],
+    ext_modules=[CMakeExtension("deepsound_rt._kernels", ROOT)],
+    cmdclass={"build_ext": CMakeBuild},
+    entry_points={"console_scripts": ["deepsound-rt=deepsound_rt.cli:main"]},
+    zip_safe=False,
+)

@@ -1,0 +1,34 @@
+"""Shared test fixtures: where the reference goldens and manifests live."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def reference_root() -> Path | None:
+    """``$DEEPSOUND_REFERENCE`` or ``../shared/reference`` beside the checkout, if present."""
+    candidates = [os.environ.get("DEEPSOUND_REFERENCE"), REPO.parent / "shared" / "reference"]
+    for candidate in candidates:
+        if candidate and Path(candidate, "goldens").is_dir():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture(scope="session")
+def goldens_dir() -> Path:
+    root = reference_root()
+    if root is None:
+        pytest.skip("reference goldens not found (set DEEPSOUND_REFERENCE)")
+    return root / "goldens"
+
+
+@pytest.fixture(scope="session")
+def manifests_dir() -> Path:
+    root = reference_root()
+    if root is None:
+        pytest.skip("reference manifests not found (set DEEPSOUND_REFERENCE)")
+    return root / "manifests"

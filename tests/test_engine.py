@@ -1,0 +1,81 @@
+"""The Engine end to end on the dev preset (tiny random networks, real data flow)."""
+from __future__ import annotations
+
+import av
+import numpy as np
+import pytest
+import soundfile
+
+from deepsound_rt.engine import Engine, EngineConfig
+from deepsound_rt.errors import DeepSoundError, WeightsError
+from deepsound_rt.io.sample import sample_clip_path
+
+STAGES = ["video decode", "clip", "synchformer", "text", "conditions", "sampling", "vae", "vocoder"]
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    return Engine(EngineConfig(preset="dev", steps=4))
+
+
+def test_generate_gives_the_requested_duration_at_the_preset_rate(engine):
+    result = engine.generate(sample_clip_path(), duration=2.0, seed=1)
+    assert result.sample_rate == 44100
+    assert result.duration_s == 2.0
+    assert result.waveform.shape == (88200,) and result.waveform.dtype == np.float32
+    assert np.isfinite(result.waveform).all() and np.abs(result.waveform).max() <= 1.0
+    assert [t.stage for t in result.timings.stages] == STAGES
+    assert {t.backend for t in result.timings.stages if t.stage != "video decode"} == {"torch"}
+
+
+def test_noise_is_deterministic_from_the_seed(engine):
+    first = engine.generate(sample_clip_path(), duration=1.0, seed=7).waveform
+    again = engine.generate(sample_clip_path(), duration=1.0, seed=7).waveform
+    other = engine.generate(sample_clip_path(), duration=1.0, seed=8).waveform
+    np.testing.assert_array_equal(first, again)
+    assert np.abs(first - other).max() > 1e-4
+
+
+def test_prompt_changes_the_result(engine):
+    plain = engine.generate(sample_clip_path(), duration=1.0, seed=3).waveform
+    prompted = engine.generate(sample_clip_path(), prompt="rain on a tin roof", duration=1.0, seed=3).waveform
+    assert np.abs(plain - prompted).max() > 1e-5
+
+
+def test_a_video_shorter_than_asked_shortens_the_audio(engine, tmp_path):
+    from deepsound_rt.io.sample import make_test_video
+
+    short = make_test_video(tmp_path / "short.mp4", 1.5, 25, (96, 64))
+    result = engine.generate(short, duration=8.0)
+    assert result.duration_s == 1.5 and len(result.waveform) == round(1.5 * 44100)
+
+
+def test_save_writes_mp4_with_video_and_audio_of_the_right_length(engine, tmp_path):
+    result = engine.generate(sample_clip_path(), duration=2.0)
+    path = result.save(tmp_path / "out.mp4")
+    with av.open(str(path)) as container:
+        assert len(container.streams.video) == 1 and len(container.streams.audio) == 1
+        audio = container.streams.audio[0]
+        assert audio.codec_context.name == "aac" and audio.rate == 44100
+        decoded = sum(frame.samples for frame in container.decode(audio))
+    one_mel_frame = 512
+    assert abs(decoded - 2.0 * 44100) <= one_mel_frame + 1024  # AAC pads to whole 1024-sample frames
+    assert abs(float(audio.duration * audio.time_base) - 2.0) <= one_mel_frame / 44100
+
+
+def test_save_wav_round_trips(engine, tmp_path):
+    result = engine.generate(sample_clip_path(), duration=1.0)
+    samples, rate = soundfile.read(result.save(tmp_path / "out.wav"), dtype="float32")
+    assert rate == 44100
+    np.testing.assert_array_equal(samples, result.waveform)
+
+
+def test_bad_settings_are_user_errors():
+    with pytest.raises(DeepSoundError, match="unknown preset"):
+        Engine(preset="huge")
+    with pytest.raises(DeepSoundError, match="steps"):
+        Engine(preset="dev", steps=0)
+    with pytest.raises(WeightsError, match="needs --weights"):
+        Engine(preset="small_16k")
+    with pytest.raises(TypeError, match="unknown EngineConfig field"):
+        Engine(preset="dev", temperature=1.0)
