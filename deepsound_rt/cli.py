@@ -31,6 +31,8 @@ def _add_generation_args(parser: argparse.ArgumentParser, default_preset: str) -
     parser.add_argument("--negative-prompt", default="", help="negative text prompt")
     parser.add_argument("--no-checksum", action="store_true",
                         help="skip the MD5 check of official checkpoint files")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="full-size networks with random weights (timing and export checks; no real audio)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,7 +62,8 @@ def _engine_from_args(args: argparse.Namespace):
     from .engine import Engine, EngineConfig
 
     config = EngineConfig(preset=args.preset, weights=args.weights, device=args.device, dtype=args.dtype,
-                          steps=args.steps, cfg_strength=args.cfg, verify_checksums=not args.no_checksum)
+                          steps=args.steps, cfg_strength=args.cfg, verify_checksums=not args.no_checksum,
+                          random_weights=args.random_weights)
     return Engine(config)
 
 
@@ -72,7 +75,7 @@ def _generate(args: argparse.Namespace, video: Path) -> int:
     probe_video(video)  # fail on a bad input or output path before loading any weights
     check_output_path(args.output, video)
     engine = _engine_from_args(args)
-    if engine.preset.random_weights:
+    if engine.preset.random_weights or args.random_weights:
         print(f"note: preset '{engine.preset.name}' uses RANDOM weights: the audio is noise-like, "
               "not a real result (use --preset NAME --weights DIR for the official models)", file=sys.stderr)
     with ConsoleProgress() as progress:

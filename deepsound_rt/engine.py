@@ -29,7 +29,8 @@ ProgressSink = Callable[[ProgressEvent], None]
 
 @dataclass
 class EngineConfig:
-    """What to load and how to run it. ``weights`` is required for every preset but ``dev``."""
+    """What to load and how to run it. ``weights`` is required for every preset but ``dev``,
+    unless ``random_weights``."""
 
     preset: str = "large_44k_v2"
     weights: Path | None = None
@@ -38,6 +39,7 @@ class EngineConfig:
     steps: int = 25
     cfg_strength: float = 4.5
     verify_checksums: bool = True
+    random_weights: bool = False  # full-size networks with random weights: for benchmarks, not audio
 
 
 @dataclass
@@ -79,8 +81,10 @@ class Engine:
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
         self.models: GeneratorModels = load_generator_models(self.preset, config.weights, self.device, self.dtype,
-                                                             verify_checksums=config.verify_checksums)
-        self.graphs = self.models.graphs(TorchBackend(self.device, self.dtype))
+                                                             verify_checksums=config.verify_checksums,
+                                                             random_weights=config.random_weights)
+        backend = TorchBackend(self.device, self.dtype)
+        self.graphs = {name: backend.load(name, module) for name, module in self.models.graph_modules().items()}
 
     @property
     def sample_rate(self) -> int:

@@ -11,7 +11,9 @@ from ..errors import WeightsError
 from ..weights_dir import check_official_checksum, find_weight_file
 from .bigvgan import BigVGAN, load_vocoder_file
 from .clip import ClipEncoder
-from .mmaudio.network import TRAINING_DURATION_S, Conditions, MMAudio, sequence_lengths
+from .graphs import (ClipImageGraph, ClipTextGraph, FlowConditionsGraph, FlowVelocityGraph, SyncGraph,
+                     VaeDecodeGraph, VocoderGraph)
+from .mmaudio.network import TRAINING_DURATION_S, MMAudio, sequence_lengths
 from .synchformer import Synchformer
 from .vae import VAE
 from .weights import load_state_file
@@ -41,30 +43,16 @@ class GeneratorModels:
         if (latent, clip, sync) != (self.flow.latent_seq_len, self.flow.clip_seq_len, self.flow.sync_seq_len):
             self.flow.update_seq_lengths(latent, clip, sync)
 
-    def graphs(self, backend) -> dict:
-        """Named graphs for the stages; conditional and unconditional conditions travel together
-        as one batch of 2 (``paired_*``) so each Euler step is a single network call."""
-        flow, clip, sync, vae, vocoder = self.flow, self.clip, self.synchformer, self.vae, self.vocoder
-
-        def flow_conditions(clip_f, sync_f, text_f, negative_text_f):
-            cond = flow.preprocess_conditions(clip_f, sync_f, text_f)
-            uncond = flow.get_empty_conditions(clip_f.shape[0], negative_text_features=negative_text_f)
-            return {f"paired_{name}": torch.cat([c, u]) for name, c, u in zip(Conditions._fields, cond, uncond)}
-
-        def flow_velocity(x, t, cfg_strength, **paired):
-            conditions = Conditions(*(paired[f"paired_{name}"] for name in Conditions._fields))
-            return {"velocity": flow.paired_guided_velocity(t, x, conditions, float(cfg_strength))}
-
+    def graph_modules(self) -> dict[str, torch.nn.Module]:
+        """The generator as named graphs (see :mod:`.graphs`), for a backend to load or export."""
         return {
-            "clip_image": backend.graph("clip_image", lambda frames: {"features": clip.encode_images(frames)}),
-            "clip_text": backend.graph("clip_text", lambda tokens: {"features": clip.encode_tokens(tokens)}),
-            "sync": backend.graph("sync", lambda frames: {"features": sync.encode_video_with_sync(frames)}),
-            "flow_conditions": backend.graph("flow_conditions", flow_conditions),
-            "flow_velocity": backend.graph("flow_velocity", flow_velocity,
-                                           fp32_inputs=frozenset({"t", "cfg_strength"})),
-            "vae_decode": backend.graph(
-                "vae_decode", lambda latents: {"mel": vae.decode(flow.unnormalize(latents).transpose(1, 2))}),
-            "vocoder": backend.graph("vocoder", lambda mel: {"waveform": vocoder(mel)}),
+            "clip_image": ClipImageGraph(self.clip),
+            "clip_text": ClipTextGraph(self.clip),
+            "sync": SyncGraph(self.synchformer),
+            "flow_conditions": FlowConditionsGraph(self.flow),
+            "flow_velocity": FlowVelocityGraph(self.flow),
+            "vae_decode": VaeDecodeGraph(self.flow, self.vae),
+            "vocoder": VocoderGraph(self.vocoder),
         }
 
 
@@ -74,9 +62,11 @@ def _finish(module: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.M
     return module.eval().to(device=device, dtype=dtype)
 
 
-def _random_models(preset) -> GeneratorModels:
+def _random_models(preset, device: torch.device) -> GeneratorModels:
+    """Seeded random networks, built directly on ``device`` (full-size random init is slow on a CPU)."""
     lengths = sequence_lengths(TRAINING_DURATION_S, preset.sampling_rate, preset.hop_length)
-    with torch.random.fork_rng(devices=[]):
+    forked = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=forked), torch.device(device):
         torch.manual_seed(DEV_SEED)
         models = GeneratorModels(
             flow=MMAudio(preset.flow, *lengths),
@@ -128,10 +118,12 @@ def _load(load_fn, state: dict, path: Path) -> None:
 
 
 def load_generator_models(preset, weights_dir: Path | None, device: torch.device, dtype: torch.dtype,
-                          verify_checksums: bool = True) -> GeneratorModels:
-    """All step-1 networks of ``preset`` on ``device`` in ``dtype``; official presets need ``weights_dir``."""
-    if preset.random_weights:
-        models = _random_models(preset)
+                          verify_checksums: bool = True, random_weights: bool = False) -> GeneratorModels:
+    """All step-1 networks of ``preset`` on ``device`` in ``dtype``. Official presets need
+    ``weights_dir`` unless ``random_weights`` (full-size shapes for benchmarks and export checks:
+    latency does not depend on weight values)."""
+    if preset.random_weights or random_weights:
+        models = _random_models(preset, device)
     elif weights_dir is None:
         raise WeightsError(f"preset '{preset.name}' needs --weights DIR with the official checkpoint files")
     else:

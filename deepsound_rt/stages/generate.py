@@ -19,8 +19,11 @@ def prepare_conditions(graph: Graph, clip_f: torch.Tensor, sync_f: torch.Tensor,
 
 def sample_latents(velocity: Graph, conditions: dict[str, torch.Tensor], x0: torch.Tensor, num_steps: int,
                    cfg_strength: float, progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
-    """Integrate the guided flow from noise ``x0`` (t=0) to data (t=1) with ``num_steps`` Euler steps."""
-    cfg = torch.tensor(cfg_strength, dtype=torch.float32)
+    """Integrate the guided flow from noise ``x0`` (t=0) to data (t=1) with ``num_steps`` Euler steps.
+
+    Upstream applies no guidance below strength 1; strength 1 gives exactly that (v = v_cond).
+    """
+    cfg = torch.tensor(max(cfg_strength, 1.0), dtype=torch.float32)
 
     def velocity_fn(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return velocity.run({"x": x, "t": t, "cfg_strength": cfg, **conditions})["velocity"]
