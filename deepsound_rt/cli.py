@@ -13,7 +13,7 @@ from .errors import DeepSoundError
 EXIT_USAGE = 2
 
 
-def _add_generation_args(parser: argparse.ArgumentParser, default_preset: str) -> None:
+def _add_generation_args(parser: argparse.ArgumentParser, default_preset: str, default_judge: str = "auto") -> None:
     from .config import DTYPE_NAMES, PRESETS
 
     parser.add_argument("--preset", default=default_preset, choices=sorted(PRESETS),
@@ -33,6 +33,23 @@ def _add_generation_args(parser: argparse.ArgumentParser, default_preset: str) -
                         help="skip the MD5 check of official checkpoint files")
     parser.add_argument("--random-weights", action="store_true",
                         help="full-size networks with random weights (timing and export checks; no real audio)")
+    steps = parser.add_argument_group("DeepSound steps")
+    steps.add_argument("--mode", default="s4", choices=["s4", "s3", "gen"],
+                       help="s4: all steps (default); s3: stop after voice-over removal; gen: step 1 only")
+    steps.add_argument("--postprocess", default="rep", choices=["rep", "neg", "rm"],
+                       help="when the audio is silent after removal: rep = step-1 audio (default), "
+                            "neg = regenerate with negative prompt 'human voice', rm = no audio")
+    steps.add_argument("--judge", default=default_judge, choices=["auto", "cot", "qa", "vad", "always"],
+                       help="voice-over judge: the MLLM (cot, qa), the speech detector (vad), or always "
+                            f"(assume voice-over: removal always runs); auto = cot with --mllm, else vad "
+                            f"(default: {default_judge})")
+    steps.add_argument("--judge-mllm", type=Path,
+                       help="another checkpoint for the cot/qa judge, e.g. VideoLLaMA2.1-7B-AV-QA (default: --mllm)")
+    steps.add_argument("--mllm", type=Path, help="VideoLLaMA2.1-7B-AV(-CoT/-QA) directory (config.json + safetensors)")
+    steps.add_argument("--siglip", type=Path, help="SigLIP so400m/14@384 directory (the MLLM's vision tower)")
+    steps.add_argument("--separator", type=Path, help="BS-RoFormer viperx ep317 checkpoint (default: in --weights)")
+    steps.add_argument("--vad-share", type=float, default=0.10,
+                       help="vad judge: voice-over when speech covers at least this share of the clip (0.10)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the bundled sample clip through the dev preset")
     demo.add_argument("-o", "--output", type=Path, default=Path("out/demo.mp4"))
-    _add_generation_args(demo, default_preset="dev")
+    # Random judges never answer "voice-over", so the demo assumes it to show every step.
+    _add_generation_args(demo, default_preset="dev", default_judge="always")
 
     verify = sub.add_parser("verify", help="check our definitions against goldens and manifests")
     verify.add_argument("--goldens", type=Path, default=None,
@@ -63,14 +81,16 @@ def _engine_from_args(args: argparse.Namespace):
 
     config = EngineConfig(preset=args.preset, weights=args.weights, device=args.device, dtype=args.dtype,
                           steps=args.steps, cfg_strength=args.cfg, verify_checksums=not args.no_checksum,
-                          random_weights=args.random_weights)
+                          random_weights=args.random_weights, mllm=args.mllm, judge_mllm=args.judge_mllm,
+                          siglip=args.siglip,
+                          separator=args.separator, vad_min_speech_share=args.vad_share)
     return Engine(config)
 
 
 def _generate(args: argparse.Namespace, video: Path) -> int:
     from .io.output import check_output_path
     from .io.video import probe_video
-    from .progress import ConsoleProgress, print_timings
+    from .progress import ConsoleProgress, print_steps, print_timings
 
     probe_video(video)  # fail on a bad input or output path before loading any weights
     check_output_path(args.output, video)
@@ -78,13 +98,24 @@ def _generate(args: argparse.Namespace, video: Path) -> int:
     if engine.preset.random_weights or args.random_weights:
         print(f"note: preset '{engine.preset.name}' uses RANDOM weights: the audio is noise-like, "
               "not a real result (use --preset NAME --weights DIR for the official models)", file=sys.stderr)
+    options = dict(prompt=args.prompt, negative_prompt=args.negative_prompt, duration=args.duration, seed=args.seed)
     with ConsoleProgress() as progress:
-        result = engine.generate(video, prompt=args.prompt, negative_prompt=args.negative_prompt,
-                                 duration=args.duration, seed=args.seed, progress=progress)
-        with result.timings.measure("write output"):
-            path = result.save(args.output)
-    print_timings(result)
-    print(f"wrote {path} ({result.duration_s:.2f} s of audio at {result.sample_rate} Hz)")
+        if args.mode == "gen":
+            result = engine.generate(video, progress=progress, **options)
+        else:
+            for event in engine.steps(video, mode=args.mode, postprocess=args.postprocess, judge=args.judge,
+                                      progress=progress, **options):
+                progress.step(event)
+                if event.result is not None:
+                    result = event.result
+        path = result.save(args.output)
+    if args.mode == "gen":
+        print_timings(result.timings, result.duration_s, f"{result.device}, {result.dtype}")
+        audio = f"{result.duration_s:.2f} s of audio at {result.sample_rate} Hz"
+    else:
+        print_steps(result, f"{engine.device}, {str(engine.dtype).removeprefix('torch.')}")
+        audio = "no audio" if result.audio is None else f"{result.duration_s:.2f} s of audio at {result.sample_rate} Hz"
+    print(f"wrote {path} ({audio})")
     return 0
 
 

@@ -1,13 +1,17 @@
-"""The SDK entry point: ``Engine(config).generate(video)`` -> audio for the video.
+"""The SDK entry point: ``Engine(config).run(video)`` (the DeepSound steps) or ``.generate(video)``
+(step 1 alone) -> audio for the video.
 
 The Engine owns model loading, device/dtype choice and graph wiring; stages do the work through
-backend graphs and know nothing of which backend runs them.
+backend graphs and know nothing of which backend runs them. The DeepSound branches live here only.
 """
 from __future__ import annotations
 
+import functools
+import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator, Literal
 
 import numpy as np
 import torch
@@ -17,14 +21,22 @@ from .config import DEFAULT_DURATION_S, PRESETS, Preset, resolve_device, resolve
 from .errors import DeepSoundError
 from .io.output import write_output
 from .io.video import load_video
-from .models.loading import GeneratorModels, load_generator_models
+from .models.loading import DEV_SEED, GeneratorModels, load_generator_models
 from .models.mmaudio.network import sequence_lengths
 from .models.mmaudio.sampler import initial_noise
 from .progress import ProgressEvent
 from .stages import decode, features, generate
+from .stages.silence import check_silence
 from .timing import Timings
+from .weights_dir import find_weight_file
 
 ProgressSink = Callable[[ProgressEvent], None]
+log = logging.getLogger(__name__)
+
+NEGATIVE_PROMPT_FOR_FALLBACK = "human voice"  # DeepSound's "neg" post-processing
+Mode = Literal["s4", "s3"]
+Postprocess = Literal["neg", "rep", "rm"]
+Judge = Literal["auto", "cot", "qa", "vad", "always"]
 
 
 @dataclass
@@ -40,6 +52,13 @@ class EngineConfig:
     cfg_strength: float = 4.5
     verify_checksums: bool = True
     random_weights: bool = False  # full-size networks with random weights: for benchmarks, not audio
+    mllm: Path | None = None  # HF-style VideoLLaMA2.1-7B-AV-CoT directory: the plan and the judge
+    judge_mllm: Path | None = None  # another checkpoint for the judge (e.g. the -QA one); default: mllm
+    siglip: Path | None = None  # SigLIP so400m/14@384 directory (the MLLM's vision tower)
+    separator: Path | None = None  # BS-RoFormer checkpoint; default: looked up in ``weights``
+    vad_min_speech_share: float = 0.10  # vad judge: voice-over when speech covers this share
+    silence_threshold_db: float = -50.0
+    silence_max_share: float = 0.9
 
 
 @dataclass
@@ -89,6 +108,105 @@ class Engine:
     @property
     def sample_rate(self) -> int:
         return self.preset.sampling_rate
+
+    # -- the DeepSound steps (models for steps 0, 2 and 3 load on first use) ----------------------
+
+    @property
+    def has_planner(self) -> bool:
+        return self.preset.random_weights or self.config.mllm is not None
+
+    @property
+    def has_judge_mllm(self) -> bool:
+        return self.has_planner or self.config.judge_mllm is not None
+
+    def default_judge(self) -> str:
+        """``auto``: the MLLM's chain of thought when one is configured, else the speech detector."""
+        return "cot" if self.has_judge_mllm else "vad"
+
+    @functools.cached_property
+    def reasoner(self):
+        from .stages.reason import MLLMReasoner
+
+        if self.preset.random_weights:
+            return MLLMReasoner.tiny(seed=DEV_SEED, device=self.device, dtype=self.dtype)
+        if self.config.mllm is None:
+            raise DeepSoundError("this step needs the MLLM: set EngineConfig.mllm (CLI --mllm DIR)")
+        return MLLMReasoner.from_dirs(self.config.mllm, self.config.siglip, device=self.device, dtype=self.dtype)
+
+    @functools.cached_property
+    def judge_reasoner(self):
+        """The judge's MLLM: ``judge_mllm`` when it names another checkpoint, else the planner's."""
+        from .stages.reason import MLLMReasoner
+
+        judge_dir = self.config.judge_mllm
+        if judge_dir is None or self.preset.random_weights or judge_dir == self.config.mllm:
+            return self.reasoner
+        return MLLMReasoner.from_dirs(judge_dir, self.config.siglip, device=self.device, dtype=self.dtype)
+
+    @functools.cached_property
+    def detector(self):
+        from .stages.vad import SpeechDetector
+
+        return SpeechDetector(min_speech_share=self.config.vad_min_speech_share)
+
+    @functools.cached_property
+    def separator(self):
+        from .stages.separate import load_separator
+
+        if self.preset.random_weights:
+            return load_separator(None, self.device, self.dtype, tiny_seed=DEV_SEED)
+        return load_separator(self.separator_path(), self.device, self.dtype)
+
+    def separator_path(self) -> Path:
+        from .stages.separate import SEPARATOR_FILE
+
+        if self.config.separator is not None:
+            return Path(self.config.separator)
+        if self.config.weights is None:
+            raise DeepSoundError("voice-over removal needs the BS-RoFormer checkpoint: set EngineConfig.separator "
+                                 "(CLI --separator FILE) or put it in the weights directory")
+        return find_weight_file(Path(self.config.weights), SEPARATOR_FILE)
+
+    def judge_voice_over(self, video: Path, audio: np.ndarray, sample_rate: int, judge: str) -> tuple[bool, dict]:
+        """Step 2: (voice-over?, details) by the MLLM (``cot``/``qa``) or the speech detector (``vad``);
+        ``always`` assumes voice-over, so removal always runs (content known to attract hallucinated
+        speech; demos with random weights, whose judges never answer yes)."""
+        if judge == "always":
+            return True, {"assumed": True}
+        if judge == "vad":
+            decision = self.detector.detect(audio, sample_rate)
+            return decision.voice_over, {"speech_share": decision.speech_share, "segments": decision.segments}
+        answer = self.judge_reasoner.judge_voice_over(video, audio, sample_rate, mode=judge,
+                                                duration_s=len(audio) / sample_rate)
+        return answer.voice_over, {"answer": answer.text}
+
+    def remove_voice_over(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
+        """Step 3: the instrumental part of ``audio`` (mix minus vocals), same rate and length."""
+        return self.separator.remove_vocals(audio, sample_rate)
+
+    def check_silence(self, audio: np.ndarray):
+        """Step 4: DeepSound's RMS rule with the configured thresholds."""
+        return check_silence(audio, self.config.silence_threshold_db, self.config.silence_max_share)
+
+    def steps(self, video: str | Path, mode: Mode = "s4", postprocess: Postprocess = "rep", judge: Judge = "auto",
+              prompt: str = "", negative_prompt: str = "", duration: float | None = None, seed: int = 42,
+              progress: ProgressSink | None = None) -> Iterator[StepEvent]:
+        """Run the DeepSound steps, yielding each step as it starts and finishes; the last event is
+        ``step == "done"`` with the result. Branches follow DeepSound-V1: no voice-over → the
+        step-1 audio; ``s3`` → stop after removal; silent after removal → ``rm`` (no audio),
+        ``rep`` (step-1 audio) or ``neg`` (regenerate with the negative prompt "human voice")."""
+        runner = _StepRunner(self, Path(video), mode, postprocess, judge, prompt, negative_prompt, duration, seed,
+                             progress)
+        return iter(runner)
+
+    def run(self, video: str | Path, mode: Mode = "s4", postprocess: Postprocess = "rep", judge: Judge = "auto",
+            prompt: str = "", negative_prompt: str = "", duration: float | None = None, seed: int = 42,
+            progress: ProgressSink | None = None) -> DeepSoundResult:
+        """Every step of :meth:`steps`, returning the result."""
+        for event in self.steps(video, mode, postprocess, judge, prompt, negative_prompt, duration, seed, progress):
+            if event.result is not None:
+                return event.result
+        raise AssertionError("the step runner ended without a result")
 
     def generate(self, video: str | Path, prompt: str = "", negative_prompt: str = "",
                  duration: float | None = None, seed: int = 42,
@@ -150,3 +268,189 @@ class Engine:
             sample_rate=self.preset.sampling_rate, duration_s=clip.duration_s, video=video, timings=timings,
             preset=self.preset.name, seed=seed, device=str(self.device),
             dtype=str(self.dtype).removeprefix("torch."))
+
+
+# --- DeepSound step-by-step orchestration ------------------------------------------------------
+
+# The canonical plan's step numbers and what each one does.
+STEP_ACTIONS = {1: "generate", 2: "judge", 3: "remove", 4: "silence"}
+
+
+@dataclass
+class StepRecord:
+    """One finished step: what it decided, the audio it produced (if any) and how long it took."""
+
+    step: str  # plan, generate, judge, remove, silence, postprocess
+    decision: str
+    seconds: float
+    audio: np.ndarray | None = None
+    details: dict = field(default_factory=dict)
+
+
+@dataclass
+class DeepSoundResult:
+    """The final audio (None when post-processing ``rm`` removed it) and every step's record."""
+
+    audio: np.ndarray | None
+    sample_rate: int
+    duration_s: float
+    video: Path
+    steps: list[StepRecord]
+
+    def step(self, name: str) -> StepRecord | None:
+        """The last record of step ``name``."""
+        return next((r for r in reversed(self.steps) if r.step == name), None)
+
+    def save(self, path: str | Path) -> Path:
+        """``.mp4``/``.mov``/``.mkv`` (video copied, audio as AAC; no audio track when it was
+        removed) or ``.wav`` (refused when there is no audio)."""
+        return write_output(Path(path), self.audio, self.sample_rate, source_video=self.video,
+                            duration_s=self.duration_s)
+
+
+@dataclass
+class StepEvent:
+    """What ``Engine.steps`` yields: a step starting, a step finished (``record``), or the end
+    (``step == "done"``, ``result``)."""
+
+    step: str
+    status: Literal["started", "finished"]
+    record: StepRecord | None = None
+    result: DeepSoundResult | None = None
+
+
+def _default_plan_steps() -> dict[int, str]:
+    from .models.mllm.prompt import CANONICAL_PLAN_STEPS
+
+    return dict(CANONICAL_PLAN_STEPS)
+
+
+class _StepRunner:
+    """Runs DeepSound's branches for one clip; a generator of StepEvents (see ``Engine.steps``)."""
+
+    def __init__(self, engine: "Engine", video: Path, mode: Mode, postprocess: Postprocess, judge: Judge,
+                 prompt: str, negative_prompt: str, duration: float | None, seed: int,
+                 progress: ProgressSink | None):
+        if mode not in ("s4", "s3"):
+            raise DeepSoundError(f"unknown mode '{mode}' (use s4 or s3)")
+        if postprocess not in ("neg", "rep", "rm"):
+            raise DeepSoundError(f"unknown post-processing '{postprocess}' (use neg, rep or rm)")
+        if judge not in ("auto", "cot", "qa", "vad", "always"):
+            raise DeepSoundError(f"unknown judge '{judge}' (use auto, cot, qa, vad or always)")
+        self.engine, self.video, self.mode, self.postprocess = engine, video, mode, postprocess
+        self.judge = engine.default_judge() if judge == "auto" else judge
+        if self.judge in ("cot", "qa") and not engine.has_judge_mllm:
+            raise DeepSoundError(f"judge '{self.judge}' needs the MLLM (EngineConfig.mllm); use judge='vad'")
+        self.prompt, self.negative_prompt, self.duration, self.seed = prompt, negative_prompt, duration, seed
+        self.progress = progress
+        self.records: list[StepRecord] = []
+        self.generated: GenerationResult | None = None
+
+    def _finish(self, step: str, started: float, decision: str, audio=None, **details) -> StepEvent:
+        record = StepRecord(step, decision, time.perf_counter() - started, audio, details)
+        self.records.append(record)
+        log.info("%s: %s (%.2f s)", step, decision, record.seconds)
+        return StepEvent(step, "finished", record=record)
+
+    def _done(self, audio: np.ndarray | None) -> StepEvent:
+        generated = self.generated
+        result = DeepSoundResult(audio=audio, sample_rate=generated.sample_rate, duration_s=generated.duration_s,
+                                 video=self.video, steps=self.records)
+        return StepEvent("done", "finished", result=result)
+
+    def _generate(self, negative_prompt: str) -> GenerationResult:
+        return self.engine.generate(self.video, prompt=self.prompt, negative_prompt=negative_prompt,
+                                    duration=self.duration, seed=self.seed, progress=self.progress)
+
+    def __iter__(self) -> Iterator[StepEvent]:
+        engine = self.engine
+        yield StepEvent("plan", "started")
+        started = time.perf_counter()
+        if engine.has_planner:
+            plan = engine.reasoner.plan(self.video)
+            steps, how = plan.steps, ("fast path" if plan.fast_path else "generated")
+            if plan.defaulted:  # the parser has logged the unusable text
+                how = "default plan (the MLLM's was unusable)"
+        else:
+            steps, how = _default_plan_steps(), "default plan (no MLLM configured)"
+        yield self._finish("plan", started, how, steps=dict(steps))
+
+        step1_audio = step3_audio = None
+        silence_checked = False
+        silent = False
+        for number in sorted(steps):
+            action = STEP_ACTIONS.get(number)
+            yield StepEvent(action or f"step{number}", "started")
+            started = time.perf_counter()
+            if action == "generate":
+                self.generated = self._generate(self.negative_prompt)
+                step1_audio = self.generated.waveform
+                yield self._finish("generate", started, f"{self.generated.duration_s:.2f} s of audio", step1_audio,
+                                   timings=self.generated.timings)
+            elif step1_audio is None:
+                # A plan that does anything before (or without) generating: generate first.
+                log.warning("plan step %d (%s) comes before any generated audio; generating first", number, action)
+                self.generated = self._generate(self.negative_prompt)
+                step1_audio = self.generated.waveform
+                yield self._finish("generate", started, "generated before the plan's first step", step1_audio)
+                started = time.perf_counter()
+            if action == "judge":
+                voice_over, detail = engine.judge_voice_over(self.video, step1_audio, self.generated.sample_rate,
+                                                             self.judge)
+                decision = "voice-over" if voice_over else "no voice-over"
+                yield self._finish("judge", started, decision + (" (assumed: judge=always)" if detail.get("assumed") else ""),
+                                   judge=self.judge, **detail)
+                if not voice_over:
+                    yield self._done(step1_audio)
+                    return
+            elif action == "remove":
+                step3_audio = engine.remove_voice_over(step1_audio, self.generated.sample_rate)
+                yield self._finish("remove", started, "vocals removed", step3_audio)
+                if self.mode == "s3":
+                    yield self._done(step3_audio)
+                    return
+            elif action == "silence":
+                if step3_audio is None:
+                    yield self._finish("silence", started, "skipped: nothing was removed")
+                    continue
+                decision = engine.check_silence(step3_audio)
+                silence_checked, silent = True, decision.silent
+                yield self._finish("silence", started, "silent" if silent else "not silent",
+                                   silent_share=decision.silent_share)
+            elif action is None:
+                yield self._finish(f"step{number}", started, "skipped: unknown step")
+
+        if step1_audio is None:  # a plan without Step1: still give the user audio
+            yield StepEvent("generate", "started")
+            started = time.perf_counter()
+            self.generated = self._generate(self.negative_prompt)
+            step1_audio = self.generated.waveform
+            yield self._finish("generate", started, "the plan had no generation step", step1_audio)
+        if step3_audio is None:
+            yield self._done(step1_audio)
+            return
+        if not silence_checked:
+            # Upstream crashes on a plan without Step4; in s4 mode the check is implied.
+            yield StepEvent("silence", "started")
+            started = time.perf_counter()
+            decision = engine.check_silence(step3_audio)
+            silent = decision.silent
+            yield self._finish("silence", started, ("silent" if silent else "not silent") + " (implied by s4)",
+                               silent_share=decision.silent_share)
+        if not silent:
+            yield self._done(step3_audio)
+            return
+
+        yield StepEvent("postprocess", "started")
+        started = time.perf_counter()
+        if self.postprocess == "rm":
+            yield self._finish("postprocess", started, "rm: no audio")
+            yield self._done(None)
+        elif self.postprocess == "rep":
+            yield self._finish("postprocess", started, "rep: step-1 audio", step1_audio)
+            yield self._done(step1_audio)
+        else:
+            regenerated = self._generate(NEGATIVE_PROMPT_FOR_FALLBACK)
+            yield self._finish("postprocess", started, f"neg: regenerated with negative prompt "
+                               f"'{NEGATIVE_PROMPT_FOR_FALLBACK}'", regenerated.waveform)
+            yield self._done(regenerated.waveform)

@@ -9,7 +9,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from .engine import GenerationResult
+    from .engine import DeepSoundResult, StepEvent
+    from .timing import Timings
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,12 @@ class ConsoleProgress:
     def __exit__(self, *exc) -> None:
         self._progress.stop()
 
+    def step(self, event: "StepEvent") -> None:
+        """Print a DeepSound step as it finishes, above the bars."""
+        if event.record is not None:
+            record = event.record
+            self._progress.console.print(f"[bold]{record.step}[/]: {record.decision} ({record.seconds:.2f} s)")
+
     def __call__(self, event: ProgressEvent) -> None:
         task = self._tasks.get(event.stage)
         if task is None:
@@ -44,17 +51,34 @@ class ConsoleProgress:
         self._progress.update(task, completed=event.completed, total=event.total)
 
 
-def print_timings(result: "GenerationResult", console: Console | None = None) -> None:
+def print_timings(timings: "Timings", audio_seconds: float, where: str, console: Console | None = None) -> None:
+    """Per-stage latency of one generation, with the backend that ran each stage."""
     console = console or Console()
-    table = Table(title=f"per-stage latency ({result.device}, {result.dtype})")
+    table = Table(title=f"step 1 per-stage latency ({where})")
     table.add_column("stage")
     table.add_column("backend")
     table.add_column("seconds", justify="right")
     table.add_column("share", justify="right")
-    total = result.timings.total
-    for timing in result.timings.stages:
+    total = timings.total
+    for timing in timings.stages:
         share = timing.seconds / total if total else 0.0
         table.add_row(timing.stage, timing.backend or "-", f"{timing.seconds:.3f}", f"{share:.0%}")
-    rtf = result.duration_s / total if total else float("inf")
+    rtf = audio_seconds / total if total else float("inf")
     table.add_row("total", "", f"{total:.3f}", f"{rtf:.2f}x real time", style="bold")
     console.print(table)
+
+
+def print_steps(result: "DeepSoundResult", where: str, console: Console | None = None) -> None:
+    """What each DeepSound step decided and how long it took, then step 1's stage latencies."""
+    console = console or Console()
+    table = Table(title=f"DeepSound steps ({where})")
+    table.add_column("step")
+    table.add_column("decision")
+    table.add_column("seconds", justify="right")
+    for record in result.steps:
+        table.add_row(record.step, record.decision, f"{record.seconds:.3f}")
+    table.add_row("total", "", f"{sum(r.seconds for r in result.steps):.3f}", style="bold")
+    console.print(table)
+    for record in result.steps:
+        if "timings" in record.details:
+            print_timings(record.details["timings"], result.duration_s, where, console)

@@ -353,3 +353,12 @@ def test_sample_clip_ships_and_loads():
     video = load_video(path)
     assert video.duration_s == 8.0 and video.sync_frames.shape[0] == 200
     assert frame_indices(video.clip_frames[:4]) == [0, 4, 7, 10]
+
+
+def test_no_audio_writes_the_video_alone_and_refuses_wav(tmp_path, clips):
+    path = write_output(tmp_path / "silent.mp4", None, SAMPLE_RATE, source_video=clips["8s"], duration_s=2.0)
+    with av.open(str(path)) as container:
+        assert len(container.streams.video) == 1 and len(container.streams.audio) == 0
+    with pytest.raises(OutputError, match="no audio to write"):
+        write_output(tmp_path / "silent.wav", None, SAMPLE_RATE, source_video=clips["8s"], duration_s=2.0)
+    assert not (tmp_path / "silent.wav").exists()

@@ -26,7 +26,7 @@ _REENCODE_CODEC = "libx264"
 
 def write_output(
     out_path: str | Path,
-    audio: np.ndarray | torch.Tensor,
+    audio: np.ndarray | torch.Tensor | None,
     sample_rate: int,
     source_video: str | Path | None,
     duration_s: float,
@@ -38,10 +38,13 @@ def write_output(
     ``.mp4``/``.mov``/``.mkv``: the first ``duration_s`` seconds of ``source_video``'s video
     stream, copied packet for packet (no quality loss), plus the audio as AAC at
     ``sample_rate``. The source's own audio is dropped. Only if the container cannot hold the
-    source codec (e.g. VP8 or Theora into .mp4) is the video re-encoded, as H.264.
+    source codec (e.g. VP8 or Theora into .mp4) is the video re-encoded, as H.264. ``audio=None``
+    (DeepSound's ``rm`` fallback) writes the video with no audio track.
     """
     out_path = check_output_path(out_path, source_video)
-    samples = _mono_float32(audio)
+    if audio is None and out_path.suffix.lower() in AUDIO_SUFFIXES:
+        raise OutputError(f"{out_path}: there is no audio to write (post-processing removed it); write a video")
+    samples = None if audio is None else _mono_float32(audio)
     temporary = _create_temporary(out_path)
     try:
         if out_path.suffix.lower() in AUDIO_SUFFIXES:
@@ -110,12 +113,12 @@ def _create_temporary(out_path: Path) -> Path:
     return temporary
 
 
-def _write_video(target: Path, samples: np.ndarray, sample_rate: int, source: Path, duration_s: float) -> None:
+def _write_video(target: Path, samples: np.ndarray | None, sample_rate: int, source: Path, duration_s: float) -> None:
     with open_media(source) as source_container, av.open(str(target), "w") as output:
         source_stream = first_video_stream(source_container, source)
         if source_stream.codec_context.name in output.supported_codecs:
             video_stream = output.add_stream_from_template(source_stream)
-            audio_stream = output.add_stream("aac", rate=sample_rate, layout="mono")
+            audio_stream = None if samples is None else output.add_stream("aac", rate=sample_rate, layout="mono")
             _copy_video(source_container, source_stream, video_stream, output, duration_s)
         else:
             # The rate only sets the encoder's time base; frames keep their own timestamps.
@@ -124,9 +127,10 @@ def _write_video(target: Path, samples: np.ndarray, sample_rate: int, source: Pa
             video_stream.height = source_stream.codec_context.height
             video_stream.pix_fmt = "yuv420p"
             video_stream.options = {"crf": "18"}
-            audio_stream = output.add_stream("aac", rate=sample_rate, layout="mono")
+            audio_stream = None if samples is None else output.add_stream("aac", rate=sample_rate, layout="mono")
             _reencode_video(source_container, source_stream, video_stream, output, duration_s)
-        _encode_audio(samples, sample_rate, audio_stream, output)
+        if audio_stream is not None:
+            _encode_audio(samples, sample_rate, audio_stream, output)
 
 
 def _copy_video(

@@ -21,6 +21,9 @@ _PROVIDERS = (
     "deepsound_rt.verify.flow",
     "deepsound_rt.verify.decoders",
     "deepsound_rt.verify.features",
+    "deepsound_rt.verify.separator",
+    "deepsound_rt.verify.audio_mllm",
+    "deepsound_rt.verify.mllm",
 )
 
 Runner = Callable[[Golden], dict[str, torch.Tensor]]
@@ -67,14 +70,18 @@ class GoldenReport:
 
     @property
     def worst(self) -> Comparison | None:
-        return max(self.comparisons, key=lambda c: c.max_abs / c.atol, default=None)
+        return max(self.comparisons, key=lambda c: (not c.passed, c.max_abs / c.atol if c.atol else 0.0), default=None)
+
+
+CHECK_PREFIX = "check/"
 
 
 def compare(golden: Golden, computed: dict[str, torch.Tensor]) -> list[Comparison]:
     """Max-abs error of every computed tensor that the golden stores; a missing ``out/`` tensor
-    counts as an infinite error so a runner cannot pass by skipping an output."""
-    results = []
-    names = sorted(set(computed) | {f"out/{k}" for k in golden.outputs})
+    counts as an infinite error so a runner cannot pass by skipping an output. A runner checking
+    facts rather than tensors returns ``check/<what>`` = its number of mismatches (must be 0)."""
+    results = [Comparison(name, float(value), 0.0) for name, value in computed.items() if name.startswith(CHECK_PREFIX)]
+    names = sorted({n for n in computed if not n.startswith(CHECK_PREFIX)} | {f"out/{k}" for k in golden.outputs})
     for name in names:
         try:
             expected = golden.tensor(name)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,7 +49,10 @@ class Golden:
 
     def atol(self, name: str) -> float:
         """Tolerance for a compared tensor: the golden's ``suggested_atol`` entry, else its
-        ``tolerance`` field (a number or {name: number}), else :data:`DEFAULT_ATOL`."""
+        ``tolerance`` field (a number, {name: number}, or {"atol"|"suggested_atol": number} for
+        every tensor). Without one: 0 for integer tensors (indices must match exactly), one unit in
+        the last place of the largest value for bfloat16 tensors (they are rounded results), else
+        :data:`DEFAULT_ATOL`."""
         suggested = self.meta.get("suggested_atol") or {}
         if name in suggested:
             return float(suggested[name])
@@ -59,9 +63,23 @@ class Golden:
             for key in (name, name.split("/", 1)[-1]):
                 if isinstance(tol.get(key), (int, float)):
                     return float(tol[key])
-            if isinstance(tol.get("atol"), (int, float)):
-                return float(tol["atol"])
+        stored = self._stored(name)
+        if stored is not None and not stored.is_floating_point():
+            return 0.0
+        if stored is not None and stored.dtype == torch.bfloat16 and stored.numel():
+            largest = float(stored.float().abs().max())
+            return 2.0 ** (math.floor(math.log2(largest)) - 7) if largest > 0 else 0.0
+        if isinstance(tol, dict):
+            for key in ("atol", "suggested_atol"):
+                if isinstance(tol.get(key), (int, float)):
+                    return float(tol[key])
         return DEFAULT_ATOL
+
+    def _stored(self, name: str) -> torch.Tensor | None:
+        try:
+            return self.tensor(name)
+        except (KeyError, ValueError):
+            return None
 
 
 def load_golden(json_path: str | Path) -> Golden:

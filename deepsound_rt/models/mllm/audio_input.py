@@ -1,0 +1,101 @@
+"""VideoLLaMA2's audio preprocessing (``mm_utils.process_audio_from_video``): the video's audio as
+16 kHz mono -> eight 2 s clips -> concatenated (at most 16 s) -> zero-padded to 30 s -> Kaldi fbank
+(2998, 128) -> rounded to bfloat16 -> float16, the BEATs input.
+
+The clip starts follow pytorchvideo 0.1.5's ``ConstantClipsPerVideoSampler`` as VideoLLaMA2 drives it:
+spacing = (duration - 2) / 8 (divided by 8, not 7, so the last 1/8 of the audio is never covered),
+in exact rational arithmetic on the float duration, truncated to whole samples. No mean/std
+normalisation happens here; BEATs normalises its input itself.
+"""
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...errors import InputError
+from ...io.video import ffmpeg_reason, open_media
+from ..fbank import kaldi_fbank
+
+SAMPLE_RATE = 16_000
+CLIP_SECONDS = 2
+CLIPS_PER_VIDEO = 8
+PADDED_SECONDS = 30
+PADDED_SAMPLES = PADDED_SECONDS * SAMPLE_RATE
+"""The fbank input length; also what upstream substitutes (as zeros) when it cannot decode audio."""
+PCM_SCALE = 32768.0
+
+
+def clip_sample_bounds(num_samples: int) -> torch.Tensor:
+    """(8, 2) int64 [start, end) sample indices of the eight clips of a ``num_samples``-long signal.
+
+    Clip k spans [k * s, k * s + 2] seconds with s = max(duration - 2, 0) / 8, where duration is the
+    float ``num_samples / 16000`` and everything after it is exact (Fraction); indices truncate toward
+    zero. Ends are not clamped: audio of 2 s or less gives eight clips [0, 32000) that the slicing
+    cuts at the end of the signal.
+    """
+    duration = num_samples / SAMPLE_RATE
+    spacing = Fraction(max(duration - CLIP_SECONDS, 0)) / CLIPS_PER_VIDEO
+    bounds = []
+    for k in range(CLIPS_PER_VIDEO):
+        start = spacing * k
+        bounds.append((int(start * SAMPLE_RATE), int((start + CLIP_SECONDS) * SAMPLE_RATE)))
+    return torch.tensor(bounds, dtype=torch.int64)
+
+
+def sample_audio_clips(waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """16 kHz mono (T,) -> (the eight clips concatenated, at most 256000 samples; their (8, 2) bounds)."""
+    if waveform.dim() != 1:
+        raise ValueError(f"waveform must be mono (T,), got shape {tuple(waveform.shape)}")
+    bounds = clip_sample_bounds(waveform.shape[0])
+    clips = [waveform[start:end] for start, end in bounds.tolist()]
+    return torch.cat(clips), bounds
+
+
+def padded_clip_signal(waveform: torch.Tensor) -> torch.Tensor:
+    """The 30 s (480000,) signal the fbank sees: the concatenated clips, then zeros.
+
+    Upstream would randomly crop a signal longer than 30 s; eight 2 s clips never are.
+    """
+    clips, _ = sample_audio_clips(waveform)
+    return F.pad(clips, (0, PADDED_SAMPLES - clips.shape[0]))
+
+
+def audio_features(waveform: torch.Tensor) -> torch.Tensor:
+    """16 kHz mono (T,) in [-1, 1] -> BEATs input (1, 2998, 128) float16.
+
+    The float32 fbank is rounded to bfloat16 (what ``process_audio_from_video`` returns) and then cast
+    to float16 (what ``mm_infer`` feeds the fp16 model); cast the result to the model's dtype.
+    """
+    fbank = kaldi_fbank(padded_clip_signal(waveform.float()))
+    return fbank.to(torch.bfloat16).to(torch.float16).unsqueeze(0)
+
+
+def load_audio_16k(path: str | Path) -> torch.Tensor:
+    """A media file's first audio stream as 16 kHz mono float32 (T,), quantised to k/32768.
+
+    Decoded and resampled by libswresample to signed 16-bit, as VideoLLaMA2's ``ffmpeg -ac 1 -ar 16000
+    -f s16le`` call does, then divided by 32768. The whole stream is read, whatever part of the video
+    is used elsewhere. A file without an audio stream gives 30 s of zeros: upstream's ffmpeg call
+    fails on it and ``process_audio_from_video`` substitutes 480000 zeros (any silent signal gives the
+    same all-log(eps) fbank). Unreadable files and corrupt audio raise :class:`InputError`.
+    """
+    path = Path(path)
+    with open_media(path) as container:
+        if not container.streams.audio:
+            return torch.zeros(PADDED_SAMPLES)
+        stream = container.streams.audio[0]
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+        chunks: list[np.ndarray] = []
+        try:
+            for frame in container.decode(stream):
+                chunks += [out.to_ndarray().reshape(-1) for out in resampler.resample(frame)]
+            chunks += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
+        except av.FFmpegError as error:
+            raise InputError(f"{path}: audio is corrupt ({ffmpeg_reason(error)})") from error
+    samples = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
+    return torch.from_numpy(samples.astype(np.float32) / np.float32(PCM_SCALE))
