@@ -154,9 +154,13 @@ def copy_goldens(source: Path, target: Path, names=SMALL_GOLDENS) -> Path:
 
 
 def test_verify_passes_goldens_and_fails_a_perturbed_one(goldens_dir, tmp_path, capsys):
+    from deepsound_rt import kernels
+
     folder = copy_goldens(goldens_dir, tmp_path / "g")
     code, out, _ = run_cli(capsys, "verify", "--goldens", folder, "--manifests", tmp_path)
-    assert code == 0 and out.count("PASS") == len(SMALL_GOLDENS)
+    paths = kernels.available_paths()
+    assert code == 0 and out.count("PASS") == len(SMALL_GOLDENS) * len(paths)
+    assert all(f"[{path}]" in out for path in paths)  # each line names its compute path
 
     tensors = load_file(str(folder / "mel_converter_16k.safetensors"))
     tensors["out/mel"] = tensors["out/mel"] + 1e-3  # beyond the 2e-5 tolerance
@@ -174,7 +178,7 @@ def test_verify_builds_from_the_golden_config_not_the_file_name(goldens_dir, tmp
     meta["file"] = "renamed.safetensors"
     (folder / "renamed.json").write_text(json.dumps(meta))
     code, out, _ = run_cli(capsys, "verify", "--goldens", folder, "--manifests", tmp_path)
-    assert code == 0 and "PASS golden renamed (antialiased_snakebeta)" in out
+    assert code == 0 and "PASS golden renamed (antialiased_snakebeta) [torch]" in out
 
 
 def test_verify_manifest_passes_and_fails_on_a_missing_key(manifests_dir, tmp_path, capsys):

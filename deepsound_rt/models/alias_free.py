@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import kernels
+
 FILTER_TAPS = 12
 RESAMPLE_RATIO = 2
 # Half-band filter for a 2x rate change: cutoff 0.5/ratio, transition half-width 0.6/ratio (cycles/sample).
@@ -140,11 +142,13 @@ class Activation1d(nn.Module):
         self.downsample = _DownSample2x()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return snake_beta_antialiased_reference(
+        """Our fused kernel where it is built (C++ on CPU, CUDA on GPU), else the torch reference."""
+        return kernels.snake_beta_antialiased(
             x,
             self.act.alpha,
             self.act.beta,
             self.upsample.filter,
             self.downsample.lowpass.filter,
+            kernels.runtime_path(),
             logscale=self.act.alpha_logscale,
         )

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import kernels
+
 from ..errors import WeightsError
 from .weights import load_state_file, load_strict, state_shapes
 
@@ -298,12 +300,20 @@ class BSRoformer(nn.Module):
     def _window(self, device: torch.device) -> torch.Tensor:
         return torch.hann_window(self.config.stft_win_length, device=device)
 
+    def _kernel_stft(self) -> bool:
+        """Our STFT kernels implement exactly the viperx transform (2048/441/2048, not normalised)."""
+        c = self.config
+        return (c.stft_n_fft, c.stft_hop_length, c.stft_win_length, c.stft_normalized) == (
+            kernels.STFT_N_FFT, kernels.STFT_HOP, kernels.STFT_N_FFT, False)
+
     def stft(self, audio: torch.Tensor) -> torch.Tensor:
         """(N, T) -> (N, bins, frames, [re, im]) float32: centred, reflect-padded, periodic Hann.
 
-        The only place the forward STFT happens, so that a custom kernel can replace it.
+        The only place the forward STFT happens: our kernel where it applies, else torch.stft.
         """
         c = self.config
+        if self._kernel_stft():
+            return torch.view_as_real(kernels.stft(audio.float(), kernels.runtime_path()))
         spec = torch.stft(
             audio.float(),
             n_fft=c.stft_n_fft,
@@ -318,8 +328,11 @@ class BSRoformer(nn.Module):
     def istft(self, spec: torch.Tensor, length: int) -> torch.Tensor:
         """(N, bins, frames, [re, im]) -> (N, length) float32; inverse of :meth:`stft`."""
         c = self.config
+        complex_spec = torch.view_as_complex(spec.float().contiguous())
+        if self._kernel_stft():
+            return kernels.istft(complex_spec, length, kernels.runtime_path())
         return torch.istft(
-            torch.view_as_complex(spec.float().contiguous()),
+            complex_spec,
             n_fft=c.stft_n_fft,
             hop_length=c.stft_hop_length,
             win_length=c.stft_win_length,

@@ -63,6 +63,7 @@ class GoldenReport:
     kind: str
     comparisons: list[Comparison]
     error: str | None = None
+    path: str = "torch"  # the compute path that produced the numbers
 
     @property
     def passed(self) -> bool:
@@ -96,27 +97,54 @@ def compare(golden: Golden, computed: dict[str, torch.Tensor]) -> list[Compariso
     return results
 
 
+def kernel_runners() -> dict[str, Callable[[Golden, str], dict[str, torch.Tensor]]]:
+    """kind -> runner taking a compute path, for the goldens our kernels reproduce."""
+    from .kernels import RUNNERS_BY_PATH
+
+    return RUNNERS_BY_PATH
+
+
+def _run(golden: Golden, kind: str, path: str, runner: Callable[[], dict[str, torch.Tensor]]) -> GoldenReport:
+    try:
+        with torch.inference_mode():
+            computed = runner()
+    except Exception as exc:  # report and go on with the other goldens
+        return GoldenReport(golden.name, kind, [], error=f"{type(exc).__name__}: {exc}", path=path)
+    return GoldenReport(golden.name, kind, compare(golden, computed), path=path)
+
+
 def check_golden(json_path: Path, runners: dict[str, Runner] | None = None) -> GoldenReport | None:
-    """Run one golden; ``None`` when its kind is not one we know."""
+    """Run one golden with the torch definitions; ``None`` when its kind is not one we know."""
     runners = golden_runners() if runners is None else runners
     kind = json.loads(Path(json_path).read_text()).get("kind", "")
     if kind not in runners:
         return None
     golden = load_golden(json_path)
-    try:
-        with torch.inference_mode():
-            computed = runners[kind](golden)
-    except Exception as exc:  # report and go on with the other goldens
-        return GoldenReport(golden.name, kind, [], error=f"{type(exc).__name__}: {exc}")
-    return GoldenReport(golden.name, kind, compare(golden, computed))
+    return _run(golden, kind, "torch", lambda: runners[kind](golden))
+
+
+def check_golden_on_every_path(json_path: Path) -> list[GoldenReport]:
+    """Run one golden: once per compute path present (torch, cpp, cuda) for the kinds our
+    kernels cover, else once with the torch definitions; empty when its kind is not one we know.
+    The torch path runs the model definition (module, buffers) where there is one."""
+    from .. import kernels
+
+    kind = json.loads(Path(json_path).read_text()).get("kind", "")
+    by_path, runners = kernel_runners(), golden_runners()
+    if kind not in by_path and kind not in runners:
+        return []
+    golden = load_golden(json_path)
+    paths = kernels.available_paths() if kind in by_path else ["torch"]
+    return [
+        _run(golden, kind, path, (lambda: runners[kind](golden)) if path == "torch" and kind in runners
+             else (lambda p=path: by_path[kind](golden, p)))
+        for path in paths
+    ]
 
 
 def check_goldens(directory: Path) -> Iterator[GoldenReport]:
-    runners = golden_runners()
     for json_path in sorted(Path(directory).glob("*.json")):
-        report = check_golden(json_path, runners)
-        if report is not None:
-            yield report
+        yield from check_golden_on_every_path(json_path)
 
 
 @dataclass

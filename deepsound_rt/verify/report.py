@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from ..errors import DeepSoundError
 from . import check_goldens, check_manifest, manifest_builders
@@ -29,12 +30,13 @@ def run_verify(goldens: Path | None, manifests_dir: Path | None, manifests: list
         golden_dir = _resolve(goldens, "goldens")
         for report in check_goldens(golden_dir):
             checked += 1
+            label = escape(f"golden {report.name} ({report.kind}) [{report.path}]")
             if report.error:
-                console.print(f"[red]FAIL[/] golden {report.name} ({report.kind}): {report.error}")
+                console.print(f"[red]FAIL[/] {label}: {report.error}")
             else:
                 worst = report.worst
                 verdict = "[green]PASS[/]" if report.passed else "[red]FAIL[/]"
-                console.print(f"{verdict} golden {report.name} ({report.kind}): worst {worst.tensor} "
+                console.print(f"{verdict} {label}: worst {worst.tensor} "
                               f"max-abs {worst.max_abs:.3g} (atol {worst.atol:.3g})")
                 for comparison in report.comparisons:
                     mark = "ok " if comparison.passed else "BAD"

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ...errors import InputError
 from ...io.video import ffmpeg_reason, open_media
-from ..fbank import kaldi_fbank
+from ... import kernels
 
 SAMPLE_RATE = 16_000
 CLIP_SECONDS = 2
@@ -71,7 +71,7 @@ def audio_features(waveform: torch.Tensor) -> torch.Tensor:
     The float32 fbank is rounded to bfloat16 (what ``process_audio_from_video`` returns) and then cast
     to float16 (what ``mm_infer`` feeds the fp16 model); cast the result to the model's dtype.
     """
-    fbank = kaldi_fbank(padded_clip_signal(waveform.float()))
+    fbank = kernels.kaldi_fbank(padded_clip_signal(waveform.float()), kernels.runtime_path())
     return fbank.to(torch.bfloat16).to(torch.float16).unsqueeze(0)
 
 
