@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="check only this manifest (repeatable); default: every known manifest")
     verify.add_argument("--manifests", type=Path, default=None,
                         help="manifest directory (default: ../shared/reference/manifests)")
+    sub.add_parser("bench", help="per-stage latency, every variant side by side (deepsound-rt bench --help)")
     return parser
 
 
@@ -136,12 +137,25 @@ def _verify(args: argparse.Namespace) -> int:
     return run_verify(goldens=args.goldens, manifests_dir=args.manifests, manifests=args.manifest)
 
 
+def _bench(bench_args: list[str]) -> int:
+    """The harness lives in the source checkout's benchmarks/ (nothing in the package imports it)."""
+    import runpy
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
+    if not script.is_file():
+        raise DeepSoundError(f"bench needs the source checkout: {script} not found")
+    return runpy.run_path(str(script))["main"](bench_args)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    handler = {"run": _run, "demo": _demo, "verify": _verify}[args.command]
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # the harness parses its own options
+        command = lambda: _bench(argv[1:])  # noqa: E731
+    else:
+        args = build_parser().parse_args(argv)
+        command = lambda: {"run": _run, "demo": _demo, "verify": _verify}[args.command](args)  # noqa: E731
     try:
-        return handler(args)
+        return command()
     except DeepSoundError as exc:
         print(f"deepsound-rt: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -16,6 +16,7 @@ from typing import Callable, Iterator, Literal
 import numpy as np
 import torch
 
+from .backends.cuda_graphs import CudaGraphTorchGraph
 from .backends.torch_backend import TorchBackend
 from .config import DEFAULT_DURATION_S, PRESETS, Preset, resolve_device, resolve_dtype
 from .errors import DeepSoundError
@@ -34,6 +35,8 @@ ProgressSink = Callable[[ProgressEvent], None]
 log = logging.getLogger(__name__)
 
 NEGATIVE_PROMPT_FOR_FALLBACK = "human voice"  # DeepSound's "neg" post-processing
+# Graphs with fixed shapes per clip duration and many small kernels: worth a CUDA graph.
+CUDA_GRAPH_CANDIDATES = ("flow_velocity", "vae_decode", "vocoder")
 Mode = Literal["s4", "s3"]
 Postprocess = Literal["neg", "rep", "rm"]
 Judge = Literal["auto", "cot", "qa", "vad", "always"]
@@ -59,6 +62,7 @@ class EngineConfig:
     vad_min_speech_share: float = 0.10  # vad judge: voice-over when speech covers this share
     silence_threshold_db: float = -50.0
     silence_max_share: float = 0.9
+    cuda_graphs: bool = False  # replay the velocity step, VAE and vocoder as CUDA graphs (CUDA only)
 
 
 @dataclass
@@ -104,6 +108,9 @@ class Engine:
                                                              random_weights=config.random_weights)
         backend = TorchBackend(self.device, self.dtype)
         self.graphs = {name: backend.load(name, module) for name, module in self.models.graph_modules().items()}
+        if config.cuda_graphs and self.device.type == "cuda":
+            for name in CUDA_GRAPH_CANDIDATES:
+                self.graphs[name] = CudaGraphTorchGraph(name, self.graphs[name].module, self.device, self.dtype)
 
     @property
     def sample_rate(self) -> int:
@@ -113,7 +120,7 @@ class Engine:
 
     @property
     def has_planner(self) -> bool:
-        return self.preset.random_weights or self.config.mllm is not None
+        return self.preset.random_weights or self.config.random_weights or self.config.mllm is not None
 
     @property
     def has_judge_mllm(self) -> bool:
@@ -129,6 +136,8 @@ class Engine:
 
         if self.preset.random_weights:
             return MLLMReasoner.tiny(seed=DEV_SEED, device=self.device, dtype=self.dtype)
+        if self.config.random_weights:
+            return MLLMReasoner.full_size_random(seed=DEV_SEED, device=self.device, dtype=self.dtype)
         if self.config.mllm is None:
             raise DeepSoundError("this step needs the MLLM: set EngineConfig.mllm (CLI --mllm DIR)")
         return MLLMReasoner.from_dirs(self.config.mllm, self.config.siglip, device=self.device, dtype=self.dtype)
@@ -139,7 +148,7 @@ class Engine:
         from .stages.reason import MLLMReasoner
 
         judge_dir = self.config.judge_mllm
-        if judge_dir is None or self.preset.random_weights or judge_dir == self.config.mllm:
+        if judge_dir is None or self.preset.random_weights or self.config.random_weights or judge_dir == self.config.mllm:
             return self.reasoner
         return MLLMReasoner.from_dirs(judge_dir, self.config.siglip, device=self.device, dtype=self.dtype)
 
@@ -155,6 +164,8 @@ class Engine:
 
         if self.preset.random_weights:
             return load_separator(None, self.device, self.dtype, tiny_seed=DEV_SEED)
+        if self.config.random_weights:
+            return load_separator(None, self.device, self.dtype, random_seed=DEV_SEED)
         return load_separator(self.separator_path(), self.device, self.dtype)
 
     def separator_path(self) -> Path:

@@ -108,7 +108,22 @@ class MLLMReasoner:
         model, tokenizer = tiny_mllm(seed, device, dtype)
         return cls(model, tokenizer, device, dtype, DecodingSettings(tokenizer.stop_ids, max_new_tokens))
 
-    def _prompt_embeds(self, question: str, media: list[torch.Tensor]) -> torch.Tensor:
+    @classmethod
+    def full_size_random(
+        cls,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.bfloat16,
+        max_new_tokens: int = TINY_MAX_NEW_TOKENS,
+    ) -> "MLLMReasoner":
+        """The 7B model's shapes with random weights, for benchmarks (``--random-weights``)."""
+        from ..models.mllm.tiny import full_size_random_mllm
+
+        model, tokenizer = full_size_random_mllm(seed, device, dtype)
+        return cls(model, tokenizer, device, dtype, DecodingSettings(tokenizer.stop_ids, max_new_tokens))
+
+    def prompt_embeds(self, question: str, media: list[torch.Tensor]) -> torch.Tensor:
+        """(1, L, hidden) embeddings of the chat prompt with ``media`` tokens at the placeholder."""
         ids = prompt_ids(question, self.tokenizer)
         embeds, _ = self.model.splice(torch.tensor(ids.before), torch.tensor(ids.after), *media)
         return embeds
@@ -117,7 +132,7 @@ class MLLMReasoner:
     def plan(self, video_path: str | Path) -> PlanResult:
         """Step 0: the step plan for a video (16 frames of the whole video, no audio)."""
         pixels = video_pixels(video_path, self.model.config.num_frames).to(self.device, self.dtype)
-        embeds = self._prompt_embeds(PLAN_QUESTION, [self.model.encode_video(pixels)])
+        embeds = self.prompt_embeds(PLAN_QUESTION, [self.model.encode_video(pixels)])
         result = decoding.plan(self.model, self.tokenizer, embeds, self.settings, self.canonical_plan)
         log.info("plan (%s): %r", "fast path" if result.fast_path else "generated", result.text)
         return result
@@ -141,7 +156,7 @@ class MLLMReasoner:
         pixels = video_pixels(video_path, self.model.config.num_frames, duration_s).to(self.device, self.dtype)
         fbank = audio_features(to_16k_mono(audio, sample_rate)).to(self.device)
         media = [self.model.encode_video(pixels), self.model.encode_audio(fbank)]
-        embeds = self._prompt_embeds(VOICE_OVER_QUESTION, media)
+        embeds = self.prompt_embeds(VOICE_OVER_QUESTION, media)
         judge = decoding.judge_qa if mode == "qa" else decoding.judge_cot
         result = judge(self.model, self.tokenizer, embeds, self.settings)
         log.info("voice-over judge (%s): %s from %r", mode, result.voice_over, result.text)

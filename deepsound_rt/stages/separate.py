@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ..audio import resample
 from ..errors import InputError
-from ..models.bs_roformer import BSROFORMER_TINY, BSRoformer, load_separator_file
+from ..models.bs_roformer import BSROFORMER_TINY, BSROFORMER_VIPERX_317, BSRoformer, load_separator_file
 from ..weights_dir import WeightFile
 
 ModelFn = Callable[[torch.Tensor], torch.Tensor]
@@ -191,10 +191,12 @@ class Separator:
 
 
 def load_separator(path: Path | None, device: torch.device, dtype: torch.dtype,
-                   tiny_seed: int | None = None) -> Separator:
-    """The viperx separator from its checkpoint, or (``tiny_seed``) a tiny random one for dev runs."""
-    if tiny_seed is None:
+                   tiny_seed: int | None = None, random_seed: int | None = None) -> Separator:
+    """The viperx separator from its checkpoint; or random weights, seeded: a tiny one
+    (``tiny_seed``, dev runs) or the full-size one (``random_seed``, benchmarks)."""
+    if tiny_seed is None and random_seed is None:
         return Separator(load_separator_file(path), device, dtype)
+    config = BSROFORMER_TINY if tiny_seed is not None else BSROFORMER_VIPERX_317
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(tiny_seed)
-        return Separator(BSRoformer(BSROFORMER_TINY), device, dtype)
+        torch.manual_seed(tiny_seed if tiny_seed is not None else random_seed)
+        return Separator(BSRoformer(config), device, dtype)

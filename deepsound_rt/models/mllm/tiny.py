@@ -25,8 +25,8 @@ from .prompt import (
     ChatTokenizer,
     render_chat,
 )
-from .videollama2 import VideoLLaMA2AV, VideoLLaMA2Config
-from .vision import siglip_tiny_config
+from .videollama2 import VIDEOLLAMA2_1_7B_AV, VideoLLaMA2AV, VideoLLaMA2Config
+from .vision import siglip_so400m_config, siglip_tiny_config
 
 TINY_VOCAB_SIZE = 400
 """BPE target size; training stops earlier when the corpus has no more merges."""
@@ -92,3 +92,22 @@ def tiny_mllm(
     model.to(device=device, dtype=dtype)
     model.rebuild_nonpersistent_buffers(device)
     return model.eval(), tokenizer
+
+
+def full_size_random_mllm(
+    seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.bfloat16
+) -> tuple[VideoLLaMA2AV, ChatTokenizer]:
+    """VideoLLaMA2.1-7B-AV and SigLIP so400m at full size with random weights, built directly on
+    ``device`` in ``dtype``, with the tiny tokenizer: latency does not depend on weight values or
+    on which ids the prompt has, so this times the real shapes (1352 video + 1496 audio tokens)."""
+    device = torch.device(device)
+    previous = torch.get_default_dtype()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.device(device):
+        torch.manual_seed(seed)
+        torch.set_default_dtype(dtype)
+        try:
+            model = VideoLLaMA2AV(VideoLLaMA2Config.from_dict(VIDEOLLAMA2_1_7B_AV), SiglipVisionModel(siglip_so400m_config()))
+        finally:
+            torch.set_default_dtype(previous)
+    model.rebuild_nonpersistent_buffers(device)
+    return model.eval(), tiny_tokenizer()
