@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import json
 import platform
 import statistics
@@ -49,21 +50,26 @@ class Variant:
     kernels: bool
     cuda_graphs: bool = False
     baseline: bool = False
+    backend: str = "torch"  # onnxruntime/tensorrt run the generator graphs of --export
 
 
-def variants_for(device: torch.device) -> list[Variant]:
-    """CPU: eager fp32 vs our C++ kernels. CUDA: eager fp32 and bf16 (the baseline), then bf16
-    with our CUDA kernels, then also with CUDA graphs."""
+def variants_for(device: torch.device, export: Path | None) -> list[Variant]:
+    """CPU: eager fp32 vs our C++ kernels, and ONNX Runtime (the generator's graphs from
+    ``export``; our kernels still serve the stages outside them). CUDA: eager bf16 (the baseline), bf16 with our CUDA
+    kernels and CUDA graphs, with the kernels alone, and eager fp32 (most telling first, so a run
+    cut short still has the comparison)."""
     if device.type == "cuda":
         return [
-            Variant("eager fp32", "fp32", kernels=False),
             Variant("eager bf16", "bf16", kernels=False, baseline=True),
-            Variant("bf16 + kernels", "bf16", kernels=True),
             Variant("bf16 + kernels + CUDA graphs", "bf16", kernels=True, cuda_graphs=True),
+            Variant("bf16 + kernels", "bf16", kernels=True),
+            Variant("eager fp32", "fp32", kernels=False),
         ]
     variants = [Variant("eager fp32", "fp32", kernels=False, baseline=True)]
     if "cpp" in kernels.available_paths():
         variants.append(Variant("fp32 + C++ kernels", "fp32", kernels=True))
+    if export is not None:
+        variants.append(Variant("onnxruntime + C++ kernels", "fp32", kernels=True, backend="onnxruntime"))
     return variants
 
 
@@ -128,7 +134,8 @@ def measure(variant: Variant, args: argparse.Namespace, video: Path) -> dict:
         started = time.perf_counter()
         engine = Engine(EngineConfig(preset=args.preset, weights=args.weights, device=args.device,
                                      dtype=variant.dtype, steps=args.steps, random_weights=args.random_weights,
-                                     cuda_graphs=variant.cuda_graphs))
+                                     cuda_graphs=variant.cuda_graphs, backend=variant.backend,
+                                     export=args.export if variant.backend != "torch" else None))
         reasoning = args.pipeline and engine.has_planner
         if reasoning:  # build the lazily loaded step-0/2/3 models outside the timings
             for model in ("reasoner", "separator", "detector"):
@@ -273,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-pipeline", dest="pipeline", action="store_false",
                         help="time step 1 only (no MLLM, detector, separator, silence check)")
     parser.add_argument("--variants", help="comma-separated variant names to run (default: all for the device)")
+    parser.add_argument("--export", type=Path,
+                        help="a `deepsound-rt export` of this preset and duration: adds the ONNX Runtime variant")
     parser.add_argument("--quick", action="store_true", help="2 s clip, 2 steps, no warm-up, 1 run: a smoke test")
     parser.add_argument("--out", type=Path, default=Path("out/bench"), help="directory for bench.json/.md/.png")
     return parser
@@ -285,30 +294,34 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(args.device)
-    variants = variants_for(device)
+    variants = variants_for(device, args.export)
     if args.variants:
         wanted = {name.strip() for name in args.variants.split(",")}
         variants = [v for v in variants if v.name in wanted] or variants
     args.out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as folder:
-        video = make_test_video(Path(folder) / "bench.mp4", args.duration + 0.5, 25, (640, 360))
-        results = []
-        for variant in variants:
-            print(f"bench: {variant.name} ...", file=sys.stderr, flush=True)
-            results.append(measure(variant, args, video))
     report = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": "deepsound-rt bench " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": machine_info(device),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "variants": results,
+        "variants": [],
     }
-    (args.out / "bench.json").write_text(json.dumps(report, indent=2))
-    table = markdown(report)
-    (args.out / "bench.md").write_text(table)
-    plot(report, args.out / "bench.png")
-    print(table)
+    with tempfile.TemporaryDirectory() as folder:
+        video = make_test_video(Path(folder) / "bench.mp4", args.duration + 0.5, 25, (640, 360))
+        for variant in variants:
+            print(f"bench: {variant.name} ...", file=sys.stderr, flush=True)
+            report["variants"].append(measure(variant, args, video))
+            gc.collect()  # free this variant's models before the next one loads
+            write_report(report, args.out)  # after every variant: a cut-short run keeps what it measured
+    print(markdown(report))
     return 0
+
+
+def write_report(report: dict, out: Path) -> None:
+    (out / "bench.json").write_text(json.dumps(report, indent=2))
+    if any(v["variant"]["baseline"] for v in report["variants"]):
+        (out / "bench.md").write_text(markdown(report))
+        plot(report, out / "bench.png")
 
 
 if __name__ == "__main__":

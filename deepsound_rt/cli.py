@@ -1,4 +1,4 @@
-"""``deepsound-rt`` command line: run, demo, verify.
+"""``deepsound-rt`` command line: run, demo, export, verify, bench.
 
 Every user-fixable problem (a :class:`DeepSoundError`) ends as one line on stderr and exit code 2.
 """
@@ -33,6 +33,12 @@ def _add_generation_args(parser: argparse.ArgumentParser, default_preset: str, d
                         help="skip the MD5 check of official checkpoint files")
     parser.add_argument("--random-weights", action="store_true",
                         help="full-size networks with random weights (timing and export checks; no real audio)")
+    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"],
+                        help="runtime of the generator's graphs; auto = best installed per graph among those "
+                             "in --export (tensorrt > onnxruntime > torch)")
+    parser.add_argument("--export", type=Path, help="a `deepsound-rt export` directory (onnxruntime/tensorrt)")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="replay the velocity step, VAE and vocoder as CUDA graphs (CUDA only)")
     steps = parser.add_argument_group("DeepSound steps")
     steps.add_argument("--mode", default="s4", choices=["s4", "s3", "gen"],
                        help="s4: all steps (default); s3: stop after voice-over removal; gen: step 1 only")
@@ -53,6 +59,8 @@ def _add_generation_args(parser: argparse.ArgumentParser, default_preset: str, d
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .config import PRESETS
+
     parser = argparse.ArgumentParser(prog="deepsound-rt", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -66,13 +74,26 @@ def build_parser() -> argparse.ArgumentParser:
     # Random judges never answer "voice-over", so the demo assumes it to show every step.
     _add_generation_args(demo, default_preset="dev", default_judge="always")
 
-    verify = sub.add_parser("verify", help="check our definitions against goldens and manifests")
+    export = sub.add_parser("export", help="export a preset's graphs to ONNX, then prove them on ONNX Runtime")
+    export.add_argument("--preset", required=True, choices=sorted(PRESETS))
+    export.add_argument("--out", type=Path, required=True, help="export directory (new, empty or a previous export)")
+    export.add_argument("--weights", type=Path, help="directory with the official checkpoint files")
+    export.add_argument("--random-weights", action="store_true", help="full-size graphs with random weights")
+    export.add_argument("--dtype", default="fp32", choices=["fp32"],
+                        help="graph precision; TensorRT picks fp16/bf16 when it builds its engines")
+    export.add_argument("--duration", type=float, default=8.0, help="clip seconds baked into the flow graphs (8)")
+    export.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime parity check")
+
+    verify = sub.add_parser("verify", help="check our definitions against goldens and manifests, or an export")
     verify.add_argument("--goldens", type=Path, default=None,
                         help="golden directory (default: ../shared/reference/goldens)")
     verify.add_argument("--manifest", type=Path, action="append", default=[],
                         help="check only this manifest (repeatable); default: every known manifest")
     verify.add_argument("--manifests", type=Path, default=None,
                         help="manifest directory (default: ../shared/reference/manifests)")
+    verify.add_argument("--export", type=Path,
+                        help="instead: run each graph of this export on ONNX Runtime and its torch module, compare")
+    verify.add_argument("--weights", type=Path, help="with --export: the weights the export was made from")
     sub.add_parser("bench", help="per-stage latency, every variant side by side (deepsound-rt bench --help)")
     return parser
 
@@ -84,7 +105,8 @@ def _engine_from_args(args: argparse.Namespace):
                           steps=args.steps, cfg_strength=args.cfg, verify_checksums=not args.no_checksum,
                           random_weights=args.random_weights, mllm=args.mllm, judge_mllm=args.judge_mllm,
                           siglip=args.siglip,
-                          separator=args.separator, vad_min_speech_share=args.vad_share)
+                          separator=args.separator, vad_min_speech_share=args.vad_share, backend=args.backend,
+                          export=args.export, cuda_graphs=args.cuda_graphs)
     return Engine(config)
 
 
@@ -132,9 +154,25 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    if args.export is not None:
+        from .verify.export_parity import run_export_verify
+
+        return run_export_verify(args.export, args.weights)
     from .verify.report import run_verify
 
     return run_verify(goldens=args.goldens, manifests_dir=args.manifests, manifests=args.manifest)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .export import export_preset
+    from .progress import ConsoleProgress
+    from .verify.export_parity import run_export_verify
+
+    with ConsoleProgress() as progress:
+        manifest = export_preset(args.preset, args.out, weights=args.weights, dtype=args.dtype,
+                                 duration_s=args.duration, random_weights=args.random_weights, progress=progress)
+    print(f"exported {len(manifest.graphs)} graphs of {args.preset} ({args.duration:g} s) to {args.out}")
+    return 0 if args.no_verify else run_export_verify(args.out, args.weights)
 
 
 def _bench(bench_args: list[str]) -> int:
@@ -149,13 +187,11 @@ def _bench(bench_args: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["bench"]:  # the harness parses its own options
-        command = lambda: _bench(argv[1:])  # noqa: E731
-    else:
-        args = build_parser().parse_args(argv)
-        command = lambda: {"run": _run, "demo": _demo, "verify": _verify}[args.command](args)  # noqa: E731
     try:
-        return command()
+        if argv[:1] == ["bench"]:  # the harness parses its own options
+            return _bench(argv[1:])
+        args = build_parser().parse_args(argv)
+        return {"run": _run, "demo": _demo, "verify": _verify, "export": _export}[args.command](args)
     except DeepSoundError as exc:
         print(f"deepsound-rt: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -16,10 +16,13 @@ from typing import Callable, Iterator, Literal
 import numpy as np
 import torch
 
+from .backends import check_export_duration, load_backend_graphs
+from .backends.base import Graph
 from .backends.cuda_graphs import CudaGraphTorchGraph
 from .backends.torch_backend import TorchBackend
 from .config import DEFAULT_DURATION_S, PRESETS, Preset, resolve_device, resolve_dtype
 from .errors import DeepSoundError
+from .export.manifest import ExportManifest
 from .io.output import write_output
 from .io.video import load_video
 from .models.loading import DEV_SEED, GeneratorModels, load_generator_models
@@ -63,6 +66,8 @@ class EngineConfig:
     silence_threshold_db: float = -50.0
     silence_max_share: float = 0.9
     cuda_graphs: bool = False  # replay the velocity step, VAE and vocoder as CUDA graphs (CUDA only)
+    backend: str = "auto"  # per graph: tensorrt > onnxruntime > torch among those installed and exported
+    export: Path | None = None  # a `deepsound-rt export` directory for the onnxruntime/tensorrt backends
 
 
 @dataclass
@@ -106,11 +111,27 @@ class Engine:
         self.models: GeneratorModels = load_generator_models(self.preset, config.weights, self.device, self.dtype,
                                                              verify_checksums=config.verify_checksums,
                                                              random_weights=config.random_weights)
-        backend = TorchBackend(self.device, self.dtype)
-        self.graphs = {name: backend.load(name, module) for name, module in self.models.graph_modules().items()}
+        self.graphs = self._load_graphs()
+
+    def _load_graphs(self) -> dict[str, Graph]:
+        """Each generator graph on its backend: exported graphs (ONNX Runtime, TensorRT) where an
+        export is given and the backend allows, else PyTorch (optionally as CUDA graphs)."""
+        config = self.config
+        if config.export is None:
+            if config.backend not in ("auto", "torch"):
+                raise DeepSoundError(f"backend '{config.backend}' runs exported graphs: give the directory "
+                                     "that `deepsound-rt export` made (--export DIR)")
+            backend = TorchBackend(self.device, self.dtype)
+            graphs = {name: backend.load(name, module) for name, module in self.models.graph_modules().items()}
+        else:
+            manifest = ExportManifest.load(config.export)
+            graphs = load_backend_graphs(config.backend, config.export, self.models, self.device, self.dtype,
+                                         self.preset.name, manifest.duration_s)
         if config.cuda_graphs and self.device.type == "cuda":
             for name in CUDA_GRAPH_CANDIDATES:
-                self.graphs[name] = CudaGraphTorchGraph(name, self.graphs[name].module, self.device, self.dtype)
+                if graphs[name].backend == "torch":
+                    graphs[name] = CudaGraphTorchGraph(name, graphs[name].module, self.device, self.dtype)
+        return graphs
 
     @property
     def sample_rate(self) -> int:
@@ -236,6 +257,7 @@ class Engine:
             clip = load_video(video, DEFAULT_DURATION_S if duration is None else duration)
         report(ProgressEvent("video decode", 1, 1))
 
+        check_export_duration(graphs, self.preset.name, clip.duration_s)  # exports bake in their duration
         latent_len, clip_len, sync_len = sequence_lengths(clip.duration_s, self.preset.sampling_rate,
                                                           self.preset.hop_length)
         self.models.set_sequence_lengths(latent_len, clip_len, sync_len)

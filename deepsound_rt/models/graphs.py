@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..errors import InputError
 from .bigvgan import BigVGAN
 from .clip import ClipEncoder
 from .mmaudio.network import Conditions, MMAudio
@@ -17,6 +18,8 @@ from .synchformer import Synchformer
 from .vae import VAE
 
 PAIRED_CONDITIONS = tuple(f"paired_{name}" for name in Conditions._fields)
+GENERATOR_GRAPHS = ("clip_image", "clip_text", "sync", "flow_conditions", "flow_velocity", "vae_decode", "vocoder")
+"""The names ``GeneratorModels.graph_modules`` gives the graphs below, in pipeline order."""
 
 
 @dataclass(frozen=True)
@@ -38,8 +41,19 @@ class ClipImageGraph(nn.Module):
         self.clip = clip
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        """(1, T, 3, 384, 384) in [0, 1] -> (1, T, D) unit-norm image embeddings."""
-        return self.clip.encode_images(frames)
+        """(1, T, 3, 384, 384) in [0, 1] -> (1, T, D) unit-norm image embeddings.
+
+        ``encode_images`` with all frames in one batch, written out because its chunking (a split
+        by the frame count) would fix T to the traced value in an export.
+        """
+        clip = self.clip
+        batch, length = frames.shape[:2]
+        size = clip.config.frame_size
+        if tuple(frames.shape[2:]) != (3, size, size):
+            raise InputError(f"CLIP frames must be (3, {size}, {size}), got {tuple(frames.shape[2:])}")
+        images = frames.to(clip.dtype).flatten(0, 1)
+        images = (images - clip.mean.to(clip.dtype)) / clip.std.to(clip.dtype)
+        return clip.model.encode_image(images, normalize=True).reshape(batch, length, -1)
 
 
 class ClipTextGraph(nn.Module):
@@ -62,8 +76,17 @@ class SyncGraph(nn.Module):
         self.synchformer = synchformer
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        """(1, T, 3, 224, 224) in [-1, 1] -> (1, S*8, D) sync features."""
-        return self.synchformer.encode_video_with_sync(frames)
+        """(1, T, 3, 224, 224) in [-1, 1] -> (1, S*8, D) sync features.
+
+        ``encode_video_with_sync`` with every segment in one batch, written out because its
+        chunking (a split by a length that varies with T) exports as sequence ops TensorRT lacks.
+        """
+        synchformer = self.synchformer
+        size = synchformer.config.image_size
+        if tuple(frames.shape[2:]) != (3, size, size):
+            raise InputError(f"Synchformer frames must be (3, {size}, {size}), got {tuple(frames.shape[2:])}")
+        segments = synchformer.segment(frames).flatten(0, 1).unsqueeze(1)  # (B*S, 1, 16, C, H, W)
+        return synchformer(segments).reshape(frames.shape[0], -1, synchformer.config.embed_dim)
 
 
 class FlowConditionsGraph(nn.Module):

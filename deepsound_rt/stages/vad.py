@@ -9,14 +9,15 @@ trips it, while one stray window cannot (segments shorter than 250 ms are droppe
 """
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..audio import resample
+from ..errors import DeepSoundError
 
 VAD_RATE = 16000
 WINDOW = 512
@@ -24,9 +25,16 @@ CONTEXT = 64
 DEFAULT_MIN_SPEECH_SHARE = 0.10
 
 
-def silero_onnx_path() -> Path:
-    """The ONNX model inside the installed silero-vad package."""
-    return Path(str(resources.files("silero_vad.data").joinpath("silero_vad.onnx")))
+SHIPPED_ONNX = "silero_vad.onnx"
+
+
+def silero_data_dir() -> Path:
+    """The installed silero-vad package's data folder, found without importing the package:
+    importing it calls ``torch.set_num_threads(1)`` for the whole process."""
+    spec = importlib.util.find_spec("silero_vad")
+    if spec is None or not spec.submodule_search_locations:
+        raise DeepSoundError("the speech detector needs the silero-vad package (pip install silero-vad)")
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
 
 
 def _speech_segments(probs: list[float], num_samples: int) -> list[dict]:
@@ -53,7 +61,7 @@ class SpeechDetector:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = 1  # a tiny recurrent model: threads cost more than they give
         options.inter_op_num_threads = 1
-        self.session = onnxruntime.InferenceSession(str(model_path or silero_onnx_path()), options,
+        self.session = onnxruntime.InferenceSession(str(model_path or silero_data_dir() / SHIPPED_ONNX), options,
                                                     providers=["CPUExecutionProvider"])
         self.min_speech_share = min_speech_share
 

@@ -1,0 +1,153 @@
+"""Trace a graph module to ONNX, read its interface back, and check it for ops TensorRT lacks."""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import onnx
+import torch
+from torch import nn
+
+from .. import kernels
+from ..models.graphs import GraphSignature
+from .manifest import AxisRange, ExportError, TensorSpec
+
+OPSET = 18  # >= 17 for LayerNormalization; TensorRT 10 parses opsets 9-20
+TENSORRT_OPSETS = range(9, 21)
+# ONNX ops TensorRT 10's parser rejects (onnx-tensorrt docs/operators.md, "N" rows).
+TENSORRT_UNSUPPORTED_OPS = frozenset({
+    "AffineGrid", "Bernoulli", "BitShift", "BitwiseAnd", "BitwiseNot", "BitwiseOr", "BitwiseXor", "BlackmanWindow",
+    "Col2Im", "CenterCropPad", "Compress", "ConcatFromSequence", "ConvInteger", "DFT", "Det", "DynamicQuantizeLinear",
+    "HammingWindow", "HannWindow", "ImageDecoder", "MatMulInteger", "MaxRoiPool", "MaxUnpool", "MelWeightMatrix",
+    "Multinomial", "NegativeLogLikelihoodLoss", "Optional", "OptionalGetElement", "OptionalHasElement", "QLinearConv",
+    "QLinearMatMul", "RegexFullMatch", "STFT", "SequenceAt", "SequenceConstruct", "SequenceEmpty", "SequenceErase",
+    "SequenceInsert", "SequenceLength", "SequenceMap", "SoftmaxCrossEntropyLoss", "SplitToSequence", "StringConcat",
+    "StringNormalizer", "StringSplit", "TfIdfVectorizer", "Unique",
+})
+# Data-dependent control flow has no place in these graphs even where TensorRT could take it.
+CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan"})
+# Inputs TensorRT requires to be initializers or constants ("`axes` must be an initializer").
+CONSTANT_INPUTS = {"Slice": 3, "Squeeze": 1, "Unsqueeze": 1, "Pad": 3, "CumSum": 1, "ReduceL2": 1,
+                   "ReduceMax": 1, "ReduceMean": 1, "ReduceMin": 1, "ReduceSum": 1, "ReduceProd": 1}
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The exporter reports progress on stdout and constant-folding notes through logging."""
+    loggers = [logging.getLogger(name) for name in ("onnxscript", "torch.onnx", "torch.export", "torch._export")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def dynamic_shapes(signature: GraphSignature, axes: Mapping[str, AxisRange]) -> tuple | None:
+    """``torch.export`` dims per input (one ``Dim`` per axis name, so shared names stay equal);
+    axes without a range are exported at their traced size."""
+    dims = {name: torch.export.Dim(name, min=r.min, max=r.max) for name, r in axes.items()}
+    shapes = tuple(
+        {axis: dims[axis_name] for axis, axis_name in signature.dynamic_axes.get(name, {}).items()
+         if axis_name in dims} or None
+        for name in signature.inputs
+    )
+    return shapes if any(s is not None for s in shapes) else None
+
+
+def trace_to_onnx(module: nn.Module, inputs: Mapping[str, torch.Tensor], axes: Mapping[str, AxisRange],
+                  path: Path, opset: int = OPSET) -> None:
+    """Export ``module`` (a graph module with a ``signature``) with the dynamo exporter.
+
+    Weights go to ``<path>.data`` beside the graph, which is what lets graphs over 2 GB (CLIP
+    ViT-H) be written at all. The ONNX program is optimised (constants folded) before saving.
+    """
+    signature: GraphSignature = module.signature
+    args = tuple(inputs[name] for name in signature.inputs)
+    # Our C++/CUDA kernels are opaque to the exporter: trace the torch reference they are tested
+    # against (verify then compares the graph with the module as it runs, kernels included).
+    with _quiet_exporter(), kernels.use_kernels(False):
+        program = torch.onnx.export(
+            module.eval(), args, None, dynamo=True, input_names=list(signature.inputs),
+            output_names=list(signature.outputs), dynamic_shapes=dynamic_shapes(signature, axes),
+            opset_version=opset, optimize=True, verbose=False)
+        program.save(str(path), external_data=True)
+    _check_dynamic_axes(onnx.load(str(path), load_external_data=False), signature, axes, path.stem)
+
+
+def _check_dynamic_axes(model: onnx.ModelProto, signature: GraphSignature, axes: Mapping[str, AxisRange],
+                        graph: str) -> None:
+    """The exporter quietly fixes an axis to its traced size when the code guards on it; refuse that."""
+    declared = {value.name: value.type.tensor_type.shape.dim for value in model.graph.input}
+    for name in signature.inputs:
+        for axis, axis_name in signature.dynamic_axes.get(name, {}).items():
+            if axis_name in axes and axes[axis_name].min < axes[axis_name].max and not declared[name][axis].dim_param:
+                raise ExportError(f"export of {graph} fixed axis '{axis_name}' of "
+                                  f"input '{name}' to {declared[name][axis].dim_value}: the module's code depends on "
+                                  "that size (see TORCH_LOGS=+dynamic)")
+
+
+def graph_files(path: Path) -> list[Path]:
+    """The graph file and, when present, its external data file."""
+    data = path.with_name(path.name + ".data")
+    return [path, data] if data.is_file() else [path]
+
+
+def tensor_specs(model: onnx.ModelProto) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """(inputs, outputs) as the graph declares them; symbolic dims keep their names."""
+
+    def spec(value: onnx.ValueInfoProto) -> TensorSpec:
+        tensor_type = value.type.tensor_type
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name
+        shape = tuple(d.dim_param if d.dim_param else d.dim_value for d in tensor_type.shape.dim)
+        return TensorSpec(value.name, dtype, shape)
+
+    initializers = {i.name for i in model.graph.initializer}
+    inputs = tuple(spec(v) for v in model.graph.input if v.name not in initializers)
+    return inputs, tuple(spec(v) for v in model.graph.output)
+
+
+def _nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                yield from _nodes(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _nodes(subgraph)
+
+
+def tensorrt_incompatibilities(model: onnx.ModelProto) -> list[str]:
+    """What would keep TensorRT 10's ONNX parser from building this graph as exported: ops it
+    lacks, custom domains, control flow, axes that are not constants, float64 tensors, an opset
+    outside 9-20. Empty is good."""
+    problems: set[str] = set()
+    constants = {t.name for t in model.graph.initializer}
+    constants |= {out for node in model.graph.node if node.op_type == "Constant" for out in node.output}
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx") and opset.version not in TENSORRT_OPSETS:
+            problems.add(f"opset {opset.version}")
+    for node in _nodes(model.graph):
+        if node.domain not in ("", "ai.onnx"):
+            problems.add(f"custom op {node.domain}::{node.op_type}")
+        elif node.op_type in TENSORRT_UNSUPPORTED_OPS:
+            problems.add(f"unsupported op {node.op_type}")
+        elif node.op_type in CONTROL_FLOW_OPS:
+            problems.add(f"control flow {node.op_type}")
+        index = CONSTANT_INPUTS.get(node.op_type)
+        if index is not None and len(node.input) > index and node.input[index] and node.input[index] not in constants:
+            problems.add(f"{node.op_type} with computed axes")
+    doubles = [t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.DOUBLE]
+    doubles += [v.name for v in (*model.graph.input, *model.graph.output, *model.graph.value_info)
+                if v.type.tensor_type.elem_type == onnx.TensorProto.DOUBLE]
+    if doubles:
+        problems.add(f"float64 tensors ({', '.join(sorted(doubles)[:3])})")
+    return sorted(problems)

@@ -1,0 +1,112 @@
+"""Backend selection and the ONNX Runtime graph, on small hand-made graphs (no export needed)."""
+from __future__ import annotations
+
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from deepsound_rt.backends import available_backends, choose_backends, load_backend_graphs
+from deepsound_rt.backends.onnxruntime_backend import OnnxRuntimeBackend, select_providers
+from deepsound_rt.config import PRESETS
+from deepsound_rt.errors import DeepSoundError
+from deepsound_rt.models.graphs import GENERATOR_GRAPHS
+from deepsound_rt.models.loading import load_generator_models
+
+GRAPHS = ("clip_image", "flow_velocity", "vocoder")
+
+
+def test_available_backends_are_ordered_best_first():
+    names = available_backends()
+    assert names[-1] == "torch" and "onnxruntime" in names
+    assert names == [b for b in ("tensorrt", "onnxruntime", "torch") if b in names]
+    assert "tensorrt" not in available_backends(torch.device("cpu"))
+
+
+def test_auto_picks_the_best_backend_that_has_each_graph():
+    available = ["tensorrt", "onnxruntime", "torch"]
+    assert choose_backends("auto", available, GRAPHS, exported={"clip_image", "vocoder"}) == {
+        "clip_image": "tensorrt", "flow_velocity": "torch", "vocoder": "tensorrt"}
+    assert choose_backends(None, ["onnxruntime", "torch"], GRAPHS, exported=GRAPHS) == dict.fromkeys(GRAPHS, "onnxruntime")
+    assert choose_backends("auto", ["onnxruntime", "torch"], GRAPHS) == dict.fromkeys(GRAPHS, "torch")
+
+
+def test_a_named_backend_must_be_available_and_exported():
+    assert choose_backends("torch", ["torch"], GRAPHS) == dict.fromkeys(GRAPHS, "torch")
+    with pytest.raises(DeepSoundError, match="not available"):
+        choose_backends("tensorrt", ["onnxruntime", "torch"], GRAPHS, exported=GRAPHS)
+    with pytest.raises(DeepSoundError, match="flow_velocity"):
+        choose_backends("onnxruntime", ["onnxruntime", "torch"], GRAPHS, exported={"clip_image", "vocoder"})
+    with pytest.raises(DeepSoundError, match="unknown backend"):
+        choose_backends("openvino", ["torch"], GRAPHS)
+
+
+def test_providers_prefer_tensorrt_then_cuda_and_cpu_stays_last(tmp_path):
+    everything = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    cuda = torch.device("cuda:1")
+    chosen = select_providers(everything, cuda, torch.float16, tmp_path)
+    assert [name for name, _ in chosen] == everything
+    assert chosen[0][1]["trt_fp16_enable"] and chosen[0][1]["device_id"] == 1 and chosen[1][1] == {"device_id": 1}
+    assert [n for n, _ in select_providers(everything, cuda, torch.float32, None)] == everything[1:]
+    assert select_providers(everything, torch.device("cpu"), torch.float32, tmp_path) == [("CPUExecutionProvider", {})]
+    with pytest.raises(DeepSoundError, match="onnxruntime-gpu"):
+        select_providers(["CPUExecutionProvider"], cuda, torch.float32)
+
+
+@pytest.fixture(scope="module")
+def scale_and_shift(tmp_path_factory):
+    """y = x * 2 + float(n): a float input of dynamic batch and an int64 input."""
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "two"], ["doubled"]), helper.make_node("Cast", ["n"], ["n_float"], to=1),
+         helper.make_node("Add", ["doubled", "n_float"], ["y"])],
+        "scale_and_shift",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3]),
+         helper.make_tensor_value_info("n", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
+        [helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])])
+    path = tmp_path_factory.mktemp("onnx") / "scale_and_shift.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    return path
+
+
+def test_onnxruntime_graph_casts_inputs_and_returns_torch_tensors(scale_and_shift):
+    graph = OnnxRuntimeBackend(torch.device("cpu"), threads=1).load("toy", scale_and_shift)
+    assert graph.backend == "onnxruntime" and graph.providers == ["CPUExecutionProvider"]
+    x = torch.arange(6, dtype=torch.float64).reshape(2, 3)
+    out = graph.run({"x": x, "n": torch.tensor(5)})
+    assert isinstance(out["y"], torch.Tensor) and out["y"].dtype is torch.float32
+    torch.testing.assert_close(out["y"], (x * 2 + 5).float())
+    with pytest.raises(KeyError, match="'n'"):
+        graph.run({"x": x})
+
+
+def test_without_an_export_everything_runs_on_torch():
+    models = load_generator_models(PRESETS["dev"], None, torch.device("cpu"), torch.float32)
+    graphs = load_backend_graphs("auto", None, models, torch.device("cpu"), torch.float32, "dev", 8.0)
+    assert list(graphs) == list(GENERATOR_GRAPHS) and {g.backend for g in graphs.values()} == {"torch"}
+    with pytest.raises(DeepSoundError, match="needs the loaded models"):
+        load_backend_graphs("torch", None, None, torch.device("cpu"), torch.float32, "dev", 8.0)
+    with pytest.raises(DeepSoundError, match="export"):
+        load_backend_graphs("onnxruntime", None, models, torch.device("cpu"), torch.float32, "dev", 8.0)
+
+
+@torch.inference_mode()
+def test_encoder_graphs_compute_what_the_encoders_compute():
+    """Clip image and sync graphs spell out the encoders' one-batch path so that the exported
+    frame axis stays dynamic; they must not drift from the encoders."""
+    models = load_generator_models(PRESETS["dev"], None, torch.device("cpu"), torch.float32)
+    graphs = models.graph_modules()
+    frames = torch.rand(1, 3, 3, 384, 384)
+    torch.testing.assert_close(graphs["clip_image"](frames), models.clip.encode_images(frames), rtol=0, atol=0)
+    frames = torch.rand(1, 24, 3, 224, 224) * 2 - 1
+    torch.testing.assert_close(graphs["sync"](frames), models.synchformer.encode_video_with_sync(frames), rtol=0, atol=0)
+
+
+def test_the_detector_runs_on_torch_without_generator_models():
+    from deepsound_rt.export.detector import detector_example_inputs
+
+    graphs = load_backend_graphs("torch", None, None, torch.device("cpu"), torch.float32, "dev", 8.0,
+                                 graph_names=["detector"])
+    outputs = graphs["detector"].run(detector_example_inputs(batch=2))
+    assert outputs["speech_prob"].shape == (2, 1) and outputs["next_state"].shape == (2, 2, 128)
+    assert ((outputs["speech_prob"] >= 0) & (outputs["speech_prob"] <= 1)).all()
