@@ -28,19 +28,19 @@ if ! command -v nvcc >/dev/null 2>&1; then
 fi
 
 step "build"
-timeout 240 "$PYTHON" -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/build.log" 2>&1 || STATUS=1
+timeout 180 "$PYTHON" -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/build.log" 2>&1 || STATUS=1
 "$PYTHON" -c "from deepsound_rt import kernels; print('kernel paths:', kernels.available_paths())" || STATUS=1
 
 step "CUDA kernel tests"
-timeout 120 "$PYTHON" -m pytest -q -rs tests/test_kernels.py >"$OUT/pytest.log" 2>&1 || STATUS=1
+timeout 75 "$PYTHON" -m pytest -q -rs tests/test_kernels.py >"$OUT/pytest.log" 2>&1 || STATUS=1
 tail -4 "$OUT/pytest.log"
 
 step "kernel benchmarks"
-timeout 150 "$PYTHON" benchmarks/bench_kernels.py --skip-cpu --repeats 5 --json "$OUT/bench_kernels.json" \
+timeout 110 "$PYTHON" benchmarks/bench_kernels.py --skip-cpu --repeats 5 --json "$OUT/bench_kernels.json" \
   2>&1 | tail -40 || STATUS=1
 
 step "pipeline benchmark (large_44k_v2, 7B MLLM, BS-RoFormer; random weights; 10 s clip)"
-timeout 330 "$PYTHON" -m deepsound_rt.cli bench --preset large_44k_v2 --random-weights --duration 10 \
+timeout 300 "$PYTHON" -m deepsound_rt.cli bench --preset large_44k_v2 --random-weights --duration 10 \
   --warmup 1 --runs 2 --out "$OUT" || STATUS=1
 
 step "done: status $STATUS"
