@@ -27,8 +27,9 @@ if ! command -v nvcc >/dev/null 2>&1; then
   done
 fi
 
-step "build"
-timeout 180 "$PYTHON" -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/build.log" 2>&1 || STATUS=1
+step "build (in place: no pip, no network; log: $OUT/build.log)"
+timeout 180 "$PYTHON" setup.py -q build_ext --inplace >"$OUT/build.log" 2>&1 || STATUS=1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 "$PYTHON" -c "from deepsound_rt import kernels; print('kernel paths:', kernels.available_paths())" || STATUS=1
 
 step "CUDA kernel tests"
@@ -40,7 +41,7 @@ timeout 110 "$PYTHON" benchmarks/bench_kernels.py --skip-cpu --repeats 5 --json 
   2>&1 | tail -40 || STATUS=1
 
 step "pipeline benchmark (large_44k_v2, 7B MLLM, BS-RoFormer; random weights; 10 s clip)"
-timeout 300 "$PYTHON" -m deepsound_rt.cli bench --preset large_44k_v2 --random-weights --duration 10 \
+timeout 240 "$PYTHON" -m deepsound_rt.cli bench --preset large_44k_v2 --random-weights --duration 10 \
   --warmup 1 --runs 2 --out "$OUT" || STATUS=1
 
 step "done: status $STATUS"
