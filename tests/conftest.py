@@ -1,6 +1,7 @@
 """Shared test fixtures: where the reference goldens and manifests live."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -32,3 +33,12 @@ def manifests_dir() -> Path:
     if root is None:
         pytest.skip("reference manifests not found (set DEEPSOUND_REFERENCE)")
     return root / "manifests"
+
+
+@pytest.fixture(scope="session")
+def goldens_by_kind(goldens_dir: Path) -> dict[str, list[Path]]:
+    """kind -> golden JSON paths: tests pick goldens by kind, never by file name."""
+    found: dict[str, list[Path]] = {}
+    for path in sorted(goldens_dir.glob("*.json")):
+        found.setdefault(json.loads(path.read_text()).get("kind", ""), []).append(path)
+    return found

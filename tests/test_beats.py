@@ -31,14 +31,6 @@ from deepsound_rt.verify.golden import Golden, load_golden
 ONE_ULP_OUTPUTS = {"out/fbank_bf16": "check/fbank_bf16_beyond_one_ulp"}
 
 
-@pytest.fixture(scope="session")
-def goldens_by_kind(goldens_dir: Path) -> dict[str, list[Path]]:
-    found: dict[str, list[Path]] = {}
-    for path in sorted(goldens_dir.glob("*.json")):
-        found.setdefault(json.loads(path.read_text()).get("kind", ""), []).append(path)
-    return found
-
-
 def _goldens(goldens_by_kind: dict[str, list[Path]], kind: str) -> list[Golden]:
     paths = goldens_by_kind.get(kind, [])
     if not paths:

@@ -19,14 +19,6 @@ from deepsound_rt.verify.decoders import MANIFESTS, RUNNERS
 from deepsound_rt.verify.golden import Golden, load_golden
 
 
-@pytest.fixture(scope="session")
-def goldens_by_kind(goldens_dir: Path) -> dict[str, list[Path]]:
-    found: dict[str, list[Path]] = {}
-    for path in sorted(goldens_dir.glob("*.json")):
-        found.setdefault(json.loads(path.read_text()).get("kind", ""), []).append(path)
-    return found
-
-
 def _goldens(goldens_by_kind: dict[str, list[Path]], *kinds: str) -> list[Golden]:
     paths = [p for kind in kinds for p in goldens_by_kind.get(kind, [])]
     if not paths:

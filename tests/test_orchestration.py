@@ -169,5 +169,5 @@ def test_a_defaulted_plan_is_recorded(rig, monkeypatch):
 @pytest.mark.parametrize(("option", "value"), [("mode", "s5"), ("postprocess", "mute"), ("judge", "llm")])
 def test_unknown_options_are_user_errors(rig, option, value):
     engine, _, _ = rig
-    with pytest.raises(DeepSoundError, match=f"unknown"):
+    with pytest.raises(DeepSoundError, match="unknown"):
         engine.run("clip.mp4", **{option: value})

@@ -26,14 +26,6 @@ from deepsound_rt.verify.separator import MANIFESTS, RUNNERS, model_from_golden
 INTERMEDIATE_ATOL = 1e-4
 
 
-@pytest.fixture(scope="session")
-def goldens_by_kind(goldens_dir: Path) -> dict[str, list[Path]]:
-    found: dict[str, list[Path]] = {}
-    for path in sorted(goldens_dir.glob("*.json")):
-        found.setdefault(json.loads(path.read_text()).get("kind", ""), []).append(path)
-    return found
-
-
 def _goldens(goldens_by_kind: dict[str, list[Path]], kind: str) -> list[Golden]:
     if not goldens_by_kind.get(kind):
         pytest.skip(f"no golden of kind {kind}")

@@ -15,7 +15,7 @@ import torch
 from ..models import bigvgan, vae
 from ..models.alias_free import Activation1d, SnakeBeta, snake_beta, upsample_2x
 from ..models.bigvgan import BigVGAN, BigVGANConfig
-from ..models.mel import MelConverter, linear_magnitude
+from ..models.mel import MelConfig, MelConverter, linear_magnitude
 from ..models.vae import VAE, gaussian_from_moments
 from ..models.weights import load_strict
 from .golden import Golden
@@ -141,7 +141,8 @@ def run_snakebeta(golden: Golden) -> dict[str, torch.Tensor]:
     return _with_suggested_mids(golden, {"out/y": activation(x)}, mids)
 
 
-def _mel_from_golden(golden: Golden) -> MelConverter:
+def mel_config_from_golden(golden: Golden) -> MelConfig:
+    """The mel front end a mel golden's ``constructor`` describes (its ``norm_fn`` names the log)."""
     c = golden.meta["constructor"]
     norm_fn = str(c["norm_fn"])
     if "log10" in norm_fn:
@@ -150,15 +151,16 @@ def _mel_from_golden(golden: Golden) -> MelConverter:
         log = "ln"
     else:
         raise ValueError(f"unknown norm_fn {norm_fn!r}")
-    return MelConverter(
-        c["sampling_rate"], c["n_fft"], c["num_mels"], c["hop_size"], c["win_size"], c["fmin"], c["fmax"], log
+    return MelConfig(
+        int(c["sampling_rate"]), int(c["n_fft"]), int(c["num_mels"]), int(c["hop_size"]), int(c["win_size"]),
+        float(c["fmin"]), float(c["fmax"]), log,
     )
 
 
 @torch.inference_mode()
 def run_mel(golden: Golden) -> dict[str, torch.Tensor]:
     """Mel of ``in/waveform`` with our own filterbank and window, which must equal ``state/``."""
-    converter = _mel_from_golden(golden)
+    converter = MelConverter.from_config(mel_config_from_golden(golden))
     ours = {"mel_basis": converter.mel_basis, "hann_window": converter.hann_window}
     _require_close(f"{golden.name} buffers", ours, golden.state)
     waveform = golden.inputs["waveform"]

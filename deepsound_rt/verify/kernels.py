@@ -12,7 +12,7 @@ import torch
 
 from .. import kernels
 from ..models import fbank
-from ..models.mel import MelConfig
+from .decoders import mel_config_from_golden
 from .golden import Golden
 
 PathRunner = Callable[[Golden, str], dict[str, torch.Tensor]]
@@ -37,25 +37,10 @@ def run_snakebeta(golden: Golden, path: str) -> dict[str, torch.Tensor]:
     return {"out/y": y.cpu()}
 
 
-def _mel_config(golden: Golden) -> MelConfig:
-    c = golden.meta["constructor"]
-    norm_fn = str(c["norm_fn"])
-    if "log10" in norm_fn:
-        log = "log10"
-    elif norm_fn.startswith("torch.log"):
-        log = "ln"
-    else:
-        raise ValueError(f"unknown norm_fn {norm_fn!r}")
-    return MelConfig(
-        int(c["sampling_rate"]), int(c["n_fft"]), int(c["num_mels"]), int(c["hop_size"]), int(c["win_size"]),
-        float(c["fmin"]), float(c["fmax"]), log,
-    )
-
-
 def run_mel(golden: Golden, path: str) -> dict[str, torch.Tensor]:
     """MMAudio's log-mel of ``in/waveform`` and, when the golden has a tolerance for it, the STFT magnitude."""
     mel, magnitude = kernels.mel_spectrogram(
-        golden.inputs["waveform"].to(_device(path)), _mel_config(golden), path=path, return_magnitude=True
+        golden.inputs["waveform"].to(_device(path)), mel_config_from_golden(golden), path=path, return_magnitude=True
     )
     computed = {"out/mel": mel.cpu()}
     if "mid/linear_mag" in (golden.meta.get("suggested_atol") or {}):
