@@ -83,7 +83,6 @@ class GenerationResult:
     seed: int
     device: str
     dtype: str
-    extra: dict = field(default_factory=dict)
 
     def save(self, path: str | Path) -> Path:
         """Write ``.mp4``/``.mov``/``.mkv`` (video stream copied, audio as AAC) or ``.wav``."""

@@ -6,18 +6,14 @@ import json
 from fractions import Fraction
 from pathlib import Path
 
-import av
-import numpy as np
 import pytest
 import torch
 
 from deepsound_rt.errors import WeightsError
 from deepsound_rt.models.fbank import LOG_FLOOR
 from deepsound_rt.models.mllm.audio_input import (
-    PADDED_SAMPLES,
     audio_features,
     clip_sample_bounds,
-    load_audio_16k,
     sample_audio_clips,
 )
 from deepsound_rt.models.mllm.audio_projector import AudioProjector
@@ -102,39 +98,6 @@ def test_audio_features_shape_and_silence() -> None:
     assert short.shape == (1, 2998, 128) and short.dtype == torch.float16
     silent_value = torch.tensor(LOG_FLOOR).log().to(torch.bfloat16).to(torch.float16)
     assert bool((short == silent_value).all())
-
-
-def _write_media(path: Path, with_audio: bool) -> None:
-    """A 0.5 s file: an mpeg4 video stream, or a 48 kHz stereo 440 Hz tone (0.5 amplitude) as wav."""
-    with av.open(str(path), "w") as container:
-        if with_audio:
-            stream = container.add_stream("pcm_s16le", rate=48_000, layout="stereo")
-            tone = (0.5 * np.sin(2 * np.pi * 440 * np.arange(24_000) / 48_000) * 32767).astype(np.int16)
-            frame = av.AudioFrame.from_ndarray(np.repeat(tone, 2)[None], format="s16", layout="stereo")
-            frame.sample_rate = 48_000
-            packets = [*stream.encode(frame), *stream.encode(None)]
-        else:
-            stream = container.add_stream("mpeg4", rate=4)
-            stream.width = stream.height = 32
-            stream.pix_fmt = "yuv420p"
-            black = np.zeros((32, 32, 3), np.uint8)
-            frames = [av.VideoFrame.from_ndarray(black, format="rgb24") for _ in range(2)]
-            packets = [p for f in frames for p in stream.encode(f)] + list(stream.encode(None))
-        for packet in packets:
-            container.mux(packet)
-
-
-def test_load_audio_16k(tmp_path: Path) -> None:
-    tone_path, silent_path = tmp_path / "tone.wav", tmp_path / "silent.mp4"
-    _write_media(tone_path, with_audio=True)
-    _write_media(silent_path, with_audio=False)
-    tone = load_audio_16k(tone_path)
-    assert tone.shape == (8_000,) and tone.dtype == torch.float32
-    assert bool((tone * 32768 == (tone * 32768).round()).all())  # s16 quantised, as ffmpeg's s16le
-    reference = 0.5 * torch.sin(2 * torch.pi * 440 * torch.arange(8_000) / 16_000)
-    assert float((tone - reference)[100:-100].abs().max()) < 1e-3
-    silent = load_audio_16k(silent_path)
-    assert silent.shape == (PADDED_SAMPLES,) and not bool(silent.any())
 
 
 def test_beats_loader_names_keys(goldens_by_kind: dict[str, list[Path]]) -> None:

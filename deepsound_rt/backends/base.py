@@ -24,13 +24,6 @@ class Graph(Protocol):
         ...
 
 
-class Backend(Protocol):
-    name: str
-
-    def available(self) -> bool:
-        ...
-
-
 # Element types by the names each runtime uses, all mapped to torch dtypes. ONNX Runtime writes
 # "tensor(float)", the manifest numpy names ("float32"), TensorRT its DataType member names.
 ORT_TYPES = {

@@ -8,8 +8,6 @@ import torch
 from ..backends.base import Graph
 from ..models.mmaudio.sampler import euler_sample
 
-CONDITION_NAMES = ("clip_f", "sync_f", "text_f", "clip_f_c", "text_f_c")
-
 
 def prepare_conditions(graph: Graph, clip_f: torch.Tensor, sync_f: torch.Tensor, text_f: torch.Tensor,
                        negative_text_f: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -10,15 +10,10 @@ normalisation happens here; BEATs normalises its input itself.
 from __future__ import annotations
 
 from fractions import Fraction
-from pathlib import Path
 
-import av
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...errors import InputError
-from ...io.video import ffmpeg_reason, open_media
 from ... import kernels
 
 SAMPLE_RATE = 16_000
@@ -27,7 +22,6 @@ CLIPS_PER_VIDEO = 8
 PADDED_SECONDS = 30
 PADDED_SAMPLES = PADDED_SECONDS * SAMPLE_RATE
 """The fbank input length; also what upstream substitutes (as zeros) when it cannot decode audio."""
-PCM_SCALE = 32768.0
 
 
 def clip_sample_bounds(num_samples: int) -> torch.Tensor:
@@ -73,29 +67,3 @@ def audio_features(waveform: torch.Tensor) -> torch.Tensor:
     """
     fbank = kernels.kaldi_fbank(padded_clip_signal(waveform.float()), kernels.runtime_path())
     return fbank.to(torch.bfloat16).to(torch.float16).unsqueeze(0)
-
-
-def load_audio_16k(path: str | Path) -> torch.Tensor:
-    """A media file's first audio stream as 16 kHz mono float32 (T,), quantised to k/32768.
-
-    Decoded and resampled by libswresample to signed 16-bit, as VideoLLaMA2's ``ffmpeg -ac 1 -ar 16000
-    -f s16le`` call does, then divided by 32768. The whole stream is read, whatever part of the video
-    is used elsewhere. A file without an audio stream gives 30 s of zeros: upstream's ffmpeg call
-    fails on it and ``process_audio_from_video`` substitutes 480000 zeros (any silent signal gives the
-    same all-log(eps) fbank). Unreadable files and corrupt audio raise :class:`InputError`.
-    """
-    path = Path(path)
-    with open_media(path) as container:
-        if not container.streams.audio:
-            return torch.zeros(PADDED_SAMPLES)
-        stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-        chunks: list[np.ndarray] = []
-        try:
-            for frame in container.decode(stream):
-                chunks += [out.to_ndarray().reshape(-1) for out in resampler.resample(frame)]
-            chunks += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
-        except av.FFmpegError as error:
-            raise InputError(f"{path}: audio is corrupt ({ffmpeg_reason(error)})") from error
-    samples = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
-    return torch.from_numpy(samples.astype(np.float32) / np.float32(PCM_SCALE))
