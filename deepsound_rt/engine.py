@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable, Iterator, Literal
 
@@ -94,11 +94,10 @@ class Engine:
     """Loads a preset's networks once; ``generate`` can then be called for many videos."""
 
     def __init__(self, config: EngineConfig | None = None, **overrides):
-        config = config or EngineConfig()
-        for key, value in overrides.items():
-            if not hasattr(config, key):
-                raise TypeError(f"unknown EngineConfig field: {key}")
-            setattr(config, key, value)
+        unknown = sorted(set(overrides) - {f.name for f in fields(EngineConfig)})
+        if unknown:
+            raise TypeError(f"unknown EngineConfig field: {', '.join(unknown)}")
+        config = replace(config or EngineConfig(), **overrides)  # the caller's config stays as it was
         if config.preset not in PRESETS:
             raise DeepSoundError(f"unknown preset '{config.preset}' (choose from {', '.join(sorted(PRESETS))})")
         if config.steps < 1:
@@ -373,6 +372,8 @@ class _StepRunner:
         self.judge = engine.default_judge() if judge == "auto" else judge
         if self.judge in ("cot", "qa") and not engine.has_judge_mllm:
             raise DeepSoundError(f"judge '{self.judge}' needs the MLLM (EngineConfig.mllm); use judge='vad'")
+        if not (engine.preset.random_weights or engine.config.random_weights):
+            engine.separator_path()  # a missing separator checkpoint fails now, not after minutes of work
         self.prompt, self.negative_prompt, self.duration, self.seed = prompt, negative_prompt, duration, seed
         self.progress = progress
         self.records: list[StepRecord] = []

@@ -171,3 +171,14 @@ def test_unknown_options_are_user_errors(rig, option, value):
     engine, _, _ = rig
     with pytest.raises(DeepSoundError, match="unknown"):
         engine.run("clip.mp4", **{option: value})
+
+
+def test_a_missing_separator_checkpoint_fails_before_any_work(rig, monkeypatch):
+    """Official presets need the BS-RoFormer file; say so before generating, not after."""
+    import dataclasses
+
+    engine, calls, _ = rig
+    monkeypatch.setattr(engine, "preset", dataclasses.replace(engine.preset, random_weights=False))
+    with pytest.raises(DeepSoundError, match="BS-RoFormer checkpoint"):
+        engine.run("clip.mp4", judge="vad")
+    assert calls.generate == []
