@@ -119,7 +119,7 @@ def _reasoning_stages(engine: Engine, video: Path, audio: np.ndarray, duration: 
 
         _, out["mllm decode"] = _timed(device, decode)
     _, out["detector"] = _timed(device, lambda: engine.detector.detect(audio, engine.sample_rate))
-    instrumental, out["separator"] = _timed(device, lambda: engine.remove_voice_over(audio, engine.sample_rate))
+    (instrumental, _), out["separator"] = _timed(device, lambda: engine.remove_voice_over(audio, engine.sample_rate))
     _, out["silence check"] = _timed(device, lambda: engine.check_silence(instrumental))
     return out
 

@@ -125,6 +125,7 @@ class Engine:
             manifest = ExportManifest.load(config.export)
             graphs = load_backend_graphs(config.backend, config.export, self.models, self.device, self.dtype,
                                          self.preset.name, manifest.duration_s)
+            self.models.release_unused(name for name, graph in graphs.items() if graph.backend == "torch")
         if config.cuda_graphs and self.device.type == "cuda":
             for name in CUDA_GRAPH_CANDIDATES:
                 if graphs[name].backend == "torch":
@@ -151,15 +152,21 @@ class Engine:
 
     @functools.cached_property
     def reasoner(self):
+        """The MLLM; its encoders and decoder run on the export's graphs where it holds them."""
+        from .backends.step_graphs import load_step_graphs
         from .stages.reason import MLLMReasoner
 
         if self.preset.random_weights:
-            return MLLMReasoner.tiny(seed=DEV_SEED, device=self.device, dtype=self.dtype)
-        if self.config.random_weights:
-            return MLLMReasoner.full_size_random(seed=DEV_SEED, device=self.device, dtype=self.dtype)
-        if self.config.mllm is None:
+            reasoner = MLLMReasoner.tiny(seed=DEV_SEED, device=self.device, dtype=self.dtype)
+        elif self.config.random_weights:
+            reasoner = MLLMReasoner.full_size_random(seed=DEV_SEED, device=self.device, dtype=self.dtype)
+        elif self.config.mllm is None:
             raise DeepSoundError("this step needs the MLLM: set EngineConfig.mllm (CLI --mllm DIR)")
-        return MLLMReasoner.from_dirs(self.config.mllm, self.config.siglip, device=self.device, dtype=self.dtype)
+        else:
+            reasoner = MLLMReasoner.from_dirs(self.config.mllm, self.config.siglip, device=self.device,
+                                              dtype=self.dtype)
+        return reasoner.use_graphs(load_step_graphs(self.config.backend, self.config.export, reasoner.graph_modules(),
+                                                    self.device, self.dtype, self.preset.name))
 
     @functools.cached_property
     def judge_reasoner(self):
@@ -179,13 +186,19 @@ class Engine:
 
     @functools.cached_property
     def separator(self):
+        """BS-RoFormer; its core runs on the export's ``separator_core`` graph where it holds one."""
+        from .backends.step_graphs import load_step_graphs
         from .stages.separate import load_separator
 
         if self.preset.random_weights:
-            return load_separator(None, self.device, self.dtype, tiny_seed=DEV_SEED)
-        if self.config.random_weights:
-            return load_separator(None, self.device, self.dtype, random_seed=DEV_SEED)
-        return load_separator(self.separator_path(), self.device, self.dtype)
+            separator = load_separator(None, self.device, self.dtype, tiny_seed=DEV_SEED)
+        elif self.config.random_weights:
+            separator = load_separator(None, self.device, self.dtype, random_seed=DEV_SEED)
+        else:
+            separator = load_separator(self.separator_path(), self.device, self.dtype)
+        return separator.use_graphs(load_step_graphs(self.config.backend, self.config.export,
+                                                     separator.graph_modules(), self.device, self.dtype,
+                                                     self.preset.name))
 
     def separator_path(self) -> Path:
         from .stages.separate import SEPARATOR_FILE
@@ -208,11 +221,13 @@ class Engine:
             return decision.voice_over, {"speech_share": decision.speech_share, "segments": decision.segments}
         answer = self.judge_reasoner.judge_voice_over(video, audio, sample_rate, mode=judge,
                                                 duration_s=len(audio) / sample_rate)
-        return answer.voice_over, {"answer": answer.text}
+        return answer.voice_over, {"answer": answer.text, "timings": self.judge_reasoner.last_timings}
 
-    def remove_voice_over(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
-        """Step 3: the instrumental part of ``audio`` (mix minus vocals), same rate and length."""
-        return self.separator.remove_vocals(audio, sample_rate)
+    def remove_voice_over(self, audio: np.ndarray, sample_rate: int) -> tuple[np.ndarray, Timings]:
+        """Step 3: the instrumental part of ``audio`` (mix minus vocals), same rate and length, and
+        how long the separator took on which backend."""
+        instrumental = self.separator.remove_vocals(audio, sample_rate)
+        return instrumental, self.separator.last_timings
 
     def check_silence(self, audio: np.ndarray):
         """Step 4: DeepSound's RMS rule with the configured thresholds."""
@@ -399,14 +414,16 @@ class _StepRunner:
         engine = self.engine
         yield StepEvent("plan", "started")
         started = time.perf_counter()
+        details = {}
         if engine.has_planner:
             plan = engine.reasoner.plan(self.video)
             steps, how = plan.steps, ("fast path" if plan.fast_path else "generated")
+            details["timings"] = engine.reasoner.last_timings
             if plan.defaulted:  # the parser has logged the unusable text
                 how = "default plan (the MLLM's was unusable)"
         else:
             steps, how = _default_plan_steps(), "default plan (no MLLM configured)"
-        yield self._finish("plan", started, how, steps=dict(steps))
+        yield self._finish("plan", started, how, steps=dict(steps), **details)
 
         step1_audio = step3_audio = None
         silence_checked = False
@@ -437,8 +454,8 @@ class _StepRunner:
                     yield self._done(step1_audio)
                     return
             elif action == "remove":
-                step3_audio = engine.remove_voice_over(step1_audio, self.generated.sample_rate)
-                yield self._finish("remove", started, "vocals removed", step3_audio)
+                step3_audio, timings = engine.remove_voice_over(step1_audio, self.generated.sample_rate)
+                yield self._finish("remove", started, "vocals removed", step3_audio, timings=timings)
                 if self.mode == "s3":
                     yield self._done(step3_audio)
                     return

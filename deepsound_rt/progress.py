@@ -51,10 +51,11 @@ class ConsoleProgress:
         self._progress.update(task, completed=event.completed, total=event.total)
 
 
-def print_timings(timings: "Timings", audio_seconds: float, where: str, console: Console | None = None) -> None:
-    """Per-stage latency of one generation, with the backend that ran each stage."""
+def print_timings(timings: "Timings", audio_seconds: float, where: str, console: Console | None = None,
+                  title: str = "step 1 per-stage latency") -> None:
+    """Per-stage latency with the backend that ran each stage."""
     console = console or Console()
-    table = Table(title=f"step 1 per-stage latency ({where})")
+    table = Table(title=f"{title} ({where})")
     table.add_column("stage")
     table.add_column("backend")
     table.add_column("seconds", justify="right")
@@ -81,4 +82,5 @@ def print_steps(result: "DeepSoundResult", where: str, console: Console | None =
     console.print(table)
     for record in result.steps:
         if "timings" in record.details:
-            print_timings(record.details["timings"], result.duration_s, where, console)
+            print_timings(record.details["timings"], result.duration_s, where, console,
+                          title="step 1 per-stage latency" if record.step == "generate" else f"{record.step} latency")

@@ -23,12 +23,14 @@ from deepsound_rt.cli import main
 from deepsound_rt.engine import Engine, EngineConfig
 from deepsound_rt.export import ExportError, ExportManifest, export_preset
 from deepsound_rt.export.manifest import MANIFEST_NAME
-from deepsound_rt.export.registry import DEFAULT_GRAPHS, GRAPH_SPECS
+from deepsound_rt.config import PRESETS
+from deepsound_rt.export.registry import GRAPH_SPECS, default_graphs
 from deepsound_rt.io.sample import sample_clip_path
 from deepsound_rt.models.graphs import GENERATOR_GRAPHS
 from deepsound_rt.verify.export_parity import run_export_verify, verify_export
 
 CPU = torch.device("cpu")
+DEV_GRAPHS = default_graphs(PRESETS["dev"])
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +78,7 @@ def test_manifest_describes_every_graph(dev_export):
     assert manifest.preset == "dev" and manifest.duration_s == 8.0 and manifest.precision == "fp32"
     assert manifest.sequence_lengths == {"latent": 345, "clip": 64, "sync": 192} and manifest.opset >= 17
     assert manifest.source["random_weights"] and manifest.source["seed"] is not None
-    assert list(manifest.graphs) == list(DEFAULT_GRAPHS)
+    assert list(manifest.graphs) == list(DEV_GRAPHS)
     for name, record in manifest.graphs.items():
         assert all((dev_export / file).is_file() for file in record.files), name
         assert record.onnx_file == f"{name}.onnx" and len(record.weights.sha256) == 64
@@ -94,10 +96,10 @@ def test_manifest_describes_every_graph(dev_export):
 
 def test_every_graph_matches_torch_on_onnxruntime(dev_export, capsys):
     reports = verify_export(dev_export)
-    assert [r.name for r in reports] == list(DEFAULT_GRAPHS)
+    assert [r.name for r in reports] == list(DEV_GRAPHS)
     assert all(r.passed for r in reports), [(r.name, r.max_abs, r.atol, r.error) for r in reports]
     assert run_export_verify(dev_export) == 0
-    assert "8/8 graphs match torch" in capsys.readouterr().out
+    assert f"{len(DEV_GRAPHS)}/{len(DEV_GRAPHS)} graphs match torch" in capsys.readouterr().out
 
 
 def test_an_engine_on_onnxruntime_gives_the_torch_waveform(engine, dev_export):
@@ -111,6 +113,22 @@ def test_an_engine_on_onnxruntime_gives_the_torch_waveform(engine, dev_export):
     assert {t.backend for t in result.timings.stages if t.stage != "video decode"} == {"onnxruntime"}
     assert result.waveform.shape == expected.waveform.shape
     np.testing.assert_allclose(result.waveform, expected.waveform, atol=1e-4, rtol=0)
+
+
+def test_every_network_of_every_step_runs_on_onnxruntime(dev_export):
+    """Plan (MLLM vision + decoder), generation (seven graphs), the qa judge (MLLM vision, audio
+    and decoder) and removal (separator core) of the dev export, with the timings naming the
+    backend. Parity with torch is tested per stage in test_export_reasoning.py."""
+    engine = Engine(EngineConfig(preset="dev", steps=2, backend="onnxruntime", export=dev_export))
+    result = engine.run(sample_clip_path(), judge="qa", seed=3)
+    assert [r.step for r in result.steps] == ["plan", "generate", "judge"]  # random weights: no voice-over
+    generated = result.step("generate").details["timings"]
+    assert {t.backend for t in generated.stages if t.stage != "video decode"} == {"onnxruntime"}
+    assert {(t.stage, t.backend) for t in engine.reasoner.last_timings.stages} == {
+        ("mllm_vision", "onnxruntime"), ("mllm_audio", "onnxruntime"), ("mllm_decoder", "onnxruntime")}
+    instrumental, timings = engine.remove_voice_over(result.audio, result.sample_rate)
+    assert instrumental.shape == result.audio.shape and np.isfinite(instrumental).all()
+    assert [(t.stage, t.backend) for t in timings.stages] == [("separator", "onnxruntime")]
 
 
 def test_the_detector_carries_its_state_the_same_way_on_both_backends(dev_export):

@@ -37,6 +37,7 @@ class FakePlan:
 class FakeReasoner:
     plan_steps: dict = field(default_factory=lambda: dict(CANONICAL))
     defaulted: bool = False
+    last_timings: Timings = field(default_factory=Timings)
 
     def plan(self, video):
         return FakePlan(self.plan_steps, defaulted=self.defaulted)
@@ -74,7 +75,7 @@ def rig(base_engine, monkeypatch):
     def remove(audio, rate):
         calls.remove += 1
         assert audio is STEP1
-        return INSTRUMENTAL
+        return INSTRUMENTAL, Timings()
 
     def silence(audio):
         calls.silence += 1

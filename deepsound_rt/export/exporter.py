@@ -14,7 +14,7 @@ from ..weights_dir import find_weight_file
 from .manifest import ENGINE_CACHE_DIR, MANIFEST_NAME, ExportError, ExportManifest, GraphRecord, sequence_lengths_for, sha256_file, \
     weights_fingerprint
 from .onnx import OPSET, graph_files, tensor_specs, tensorrt_incompatibilities
-from .registry import DEFAULT_GRAPHS, GRAPH_SPECS, ExportContext
+from .registry import GRAPH_SPECS, ExportContext, default_graphs
 
 EXPORT_DTYPES = ("fp32",)
 _EXPORT_SUFFIXES = (".onnx", ".onnx.data", ".partial")
@@ -24,8 +24,9 @@ def export_preset(preset_name: str, out_dir: str | Path, weights: str | Path | N
                   duration_s: float = 8.0, random_weights: bool = False,
                   progress: Callable[[ProgressEvent], None] | None = None,
                   graphs: Sequence[str] | None = None) -> ExportManifest:
-    """Export ``graphs`` (default: the generator's seven and the detector) of ``preset_name`` for
-    clips of ``duration_s`` seconds into ``out_dir`` and return the manifest written there.
+    """Export ``graphs`` (default: the generator's seven and the detector, and for dev also the
+    separator's and the MLLM's four) of ``preset_name`` for clips of ``duration_s`` seconds into
+    ``out_dir`` and return the manifest written there.
 
     Graphs are fp32: ONNX Runtime on a CPU wants fp32, and TensorRT picks fp16/bf16 when it
     builds its engine, so one export serves every precision. The duration's sequence lengths
@@ -38,11 +39,11 @@ def export_preset(preset_name: str, out_dir: str | Path, weights: str | Path | N
     if dtype not in EXPORT_DTYPES:
         raise ExportError(f"export dtype '{dtype}' is not offered: graphs are exported in fp32 and TensorRT "
                           "chooses fp16/bf16 when it builds the engine (export/build_tensorrt.py --precision)")
-    names = list(DEFAULT_GRAPHS if graphs is None else graphs)
+    preset = PRESETS[preset_name]
+    names = list(default_graphs(preset) if graphs is None else graphs)
     unknown = [name for name in names if name not in GRAPH_SPECS]
     if unknown:
         raise ExportError(f"unknown graphs {unknown} (known: {', '.join(GRAPH_SPECS)})")
-    preset = PRESETS[preset_name]
     lengths = sequence_lengths_for(preset_name, duration_s)
     random = preset.random_weights or random_weights
     ctx = ExportContext(preset, duration_s, lengths, weights=None if weights is None else Path(weights),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import logging
 import warnings
@@ -51,16 +52,22 @@ def _quiet_exporter() -> Iterator[None]:
             logger.setLevel(level)
 
 
-def dynamic_shapes(signature: GraphSignature, axes: Mapping[str, AxisRange]) -> tuple | None:
+def dynamic_shapes(signature: GraphSignature, axes: Mapping[str, AxisRange],
+                   module: nn.Module | None = None) -> tuple | None:
     """``torch.export`` dims per input (one ``Dim`` per axis name, so shared names stay equal);
-    axes without a range are exported at their traced size."""
+    axes without a range are exported at their traced size. Inputs that ``module.forward`` takes
+    as ``*args`` (the decoder's per-layer caches) are grouped the way ``torch.export`` binds them."""
     dims = {name: torch.export.Dim(name, min=r.min, max=r.max) for name, r in axes.items()}
     shapes = tuple(
         {axis: dims[axis_name] for axis, axis_name in signature.dynamic_axes.get(name, {}).items()
          if axis_name in dims} or None
         for name in signature.inputs
     )
-    return shapes if any(s is not None for s in shapes) else None
+    if not any(s is not None for s in shapes):
+        return None
+    parameters = list(inspect.signature(module.forward).parameters.values()) if module is not None else []
+    packed = next((i for i, p in enumerate(parameters) if p.kind is inspect.Parameter.VAR_POSITIONAL), None)
+    return shapes if packed is None else (*shapes[:packed], shapes[packed:])
 
 
 def trace_to_onnx(module: nn.Module, inputs: Mapping[str, torch.Tensor], axes: Mapping[str, AxisRange],
@@ -77,7 +84,7 @@ def trace_to_onnx(module: nn.Module, inputs: Mapping[str, torch.Tensor], axes: M
     with _quiet_exporter(), kernels.use_kernels(False):
         program = torch.onnx.export(
             module.eval(), args, None, dynamo=True, input_names=list(signature.inputs),
-            output_names=list(signature.outputs), dynamic_shapes=dynamic_shapes(signature, axes),
+            output_names=list(signature.outputs), dynamic_shapes=dynamic_shapes(signature, axes, module),
             opset_version=opset, optimize=True, verbose=False)
         program.save(str(path), external_data=True)
     _check_dynamic_axes(onnx.load(str(path), load_external_data=False), signature, axes, path.stem)

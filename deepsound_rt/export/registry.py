@@ -1,9 +1,9 @@
 """Every exportable graph as one registry entry: where its module comes from, the inputs it is
 traced and checked with, its dynamic axes, and how close ONNX Runtime must come to torch.
 
-Adding a graph is one :class:`GraphSpec` in :data:`GRAPH_SPECS`; a new model family (the
-separator, the MLLM encoders) also adds one loader to :data:`FAMILY_LOADERS` returning its graph
-modules by name.
+Adding a graph is one :class:`GraphSpec` in :data:`GRAPH_SPECS`; a new model family also adds
+one loader to :data:`FAMILY_LOADERS` returning its graph modules by name. The separator and MLLM
+graphs' loaders, inputs and checks live in ``steps.py``.
 """
 from __future__ import annotations
 
@@ -14,10 +14,13 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
+from ..backends.base import Graph
 from ..config import Preset
 from ..models.graphs import GENERATOR_GRAPHS
 from ..models.loading import load_generator_models
 from ..models.mmaudio.network import SYNC_FPS
+from ..models.step_graphs import MLLM_AUDIO, MLLM_DECODER, MLLM_GRAPHS, MLLM_VISION, SEPARATOR_CORE, SEPARATOR_GRAPHS
+from . import steps
 from .detector import detector_example_inputs, load_detector_module, write_detector_onnx
 from .manifest import AxisRange
 from .onnx import trace_to_onnx
@@ -52,6 +55,8 @@ class ExportContext:
 
 
 InputBuilder = Callable[[ExportContext, Mapping[str, int]], dict[str, torch.Tensor]]
+Outputs = Callable[[], dict[str, torch.Tensor]]
+ParityRuns = Callable[[ExportContext, Graph], tuple[Outputs, Outputs]]
 
 
 @dataclass(frozen=True)
@@ -61,8 +66,10 @@ class GraphSpec:
     ``inputs(ctx, sizes)`` builds deterministic inputs with each dynamic axis at ``sizes[axis]``:
     the export traces at the ``opt`` sizes, ``verify`` runs at ``check_sizes`` (small, so the
     full-size graphs stay cheap on a CPU, and a size other than the traced one proves the axis
-    really is dynamic). ``write_onnx`` replaces tracing for graphs that ship as ONNX.
-    Parity passes when max |ort - torch| <= atol + rtol * max |torch|.
+    really is dynamic). ``write_onnx`` replaces tracing for graphs that ship as ONNX. ``parity``
+    replaces the one-call check where one call proves too little (the decoder: a prefill, then a
+    step on the cache the graph returned): it gives (torch run, graph run), each returning named
+    outputs. Parity passes when max |ort - torch| <= atol + rtol * max |torch|.
     """
 
     name: str
@@ -73,6 +80,7 @@ class GraphSpec:
     atol: float = 1e-4
     rtol: float = 1e-4
     write_onnx: Callable[[Path], None] | None = None
+    parity: ParityRuns | None = None
 
     def export(self, ctx: ExportContext, path: Path) -> None:
         if self.write_onnx is not None:
@@ -84,6 +92,19 @@ class GraphSpec:
     def check_inputs(self, ctx: ExportContext) -> dict[str, torch.Tensor]:
         sizes = {axis: size.opt for axis, size in self.axes(ctx).items()} | self.check_sizes(ctx)
         return self.inputs(ctx, sizes)
+
+    def parity_runs(self, ctx: ExportContext, graph: Graph) -> tuple[Outputs, Outputs]:
+        """(torch run, graph run) for ``verify``: by default the module and the graph on ``check_inputs``."""
+        if self.parity is not None:
+            return self.parity(ctx, graph)
+        module, inputs = ctx.module(self), self.check_inputs(ctx)
+
+        def on_torch() -> dict[str, torch.Tensor]:
+            with torch.inference_mode():
+                outputs = module(*(inputs[name] for name in module.signature.inputs))
+            return dict(zip(module.signature.outputs, outputs if isinstance(outputs, tuple) else (outputs,)))
+
+        return on_torch, lambda: graph.run(inputs)
 
 
 # -- generator ------------------------------------------------------------------------------------
@@ -184,9 +205,29 @@ DETECTOR_SPEC = GraphSpec(
     write_onnx=write_detector_onnx,
 )
 
+# -- separator and MLLM (steps 0, 2 and 3) ---------------------------------------------------------
+
+STEP_SPECS = (
+    GraphSpec(SEPARATOR_CORE, "separator", steps.separator_inputs, axes=steps.separator_axes,
+              check_sizes=lambda ctx: {"chunks": 2, "frames": 64}),
+    GraphSpec(MLLM_VISION, "mllm", steps.vision_inputs),
+    GraphSpec(MLLM_AUDIO, "mllm", steps.audio_inputs),
+    GraphSpec(MLLM_DECODER, "mllm", steps.decoder_inputs, axes=steps.decoder_axes, parity=steps.decoder_parity),
+)
+
 FAMILY_LOADERS: dict[str, Callable[[ExportContext], Mapping[str, nn.Module]]] = {
     "generator": _generator_modules,
     "detector": lambda ctx: {"detector": load_detector_module()},
+    "separator": steps.separator_modules,
+    "mllm": steps.mllm_modules,
 }
-GRAPH_SPECS: dict[str, GraphSpec] = {spec.name: spec for spec in (*GENERATOR_SPECS, DETECTOR_SPEC)}
+GRAPH_SPECS: dict[str, GraphSpec] = {spec.name: spec for spec in (*GENERATOR_SPECS, DETECTOR_SPEC, *STEP_SPECS)}
 DEFAULT_GRAPHS = (*GENERATOR_GRAPHS, "detector")
+STEP_GRAPHS = (*SEPARATOR_GRAPHS, *MLLM_GRAPHS)
+
+
+def default_graphs(preset: Preset) -> tuple[str, ...]:
+    """What ``export_preset`` exports unless told: the generator's graphs and the detector, and for
+    the tiny random preset also the separator and MLLM graphs (at full size these are opt-in: the
+    decoder alone is ~30 GB in fp32, and the MLLM exports from random weights only)."""
+    return (*DEFAULT_GRAPHS, *STEP_GRAPHS) if preset.random_weights else DEFAULT_GRAPHS

@@ -11,9 +11,10 @@ output is deterministic in train and eval mode alike.
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -244,7 +245,10 @@ class BandSplit(nn.Module):
         self.to_features = nn.ModuleList(nn.Sequential(RMSNorm(n), nn.Linear(n, dim)) for n in band_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bands = x.split(self.band_features, dim=-1)
+        # Slices, not ``split``: an exported uneven Split keeps its sizes in external data, where
+        # ONNX Runtime's shape inference cannot read them.
+        starts = (0, *itertools.accumulate(self.band_features))
+        bands = [x[..., start:end] for start, end in zip(starts, starts[1:])]
         return torch.stack([net(band) for band, net in zip(bands, self.to_features)], dim=-2)
 
 
@@ -344,18 +348,38 @@ class BSRoformer(nn.Module):
     def forward(self, mix: torch.Tensor, intermediates: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Separate ``mix`` (B, channels, T); ``intermediates`` (if given) receives ``stft_real_imag``,
         ``band_split_out``, ``final_norm_out`` and ``mask_estimator_out`` in upstream's layouts."""
-        record = intermediates if intermediates is not None else {}
+        return self.separate(mix, lambda spec: self.separate_spectrum(spec, intermediates))
+
+    def separate(self, mix: torch.Tensor, core: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """STFT, ``core`` (:meth:`separate_spectrum`, or an exported graph of it), iSTFT.
+
+        The STFT and iSTFT stay outside ``core`` because TensorRT has no STFT operator.
+        """
         c = self.config
         if mix.ndim == 2:
             mix = mix.unsqueeze(1)
         batch, channels, length = mix.shape
         if channels != c.audio_channels:
             raise ValueError(f"model expects {c.audio_channels} audio channel(s), got {channels}")
-        param_dtype = self.final_norm.gamma.dtype
-
         spec = self.stft(mix.reshape(batch * channels, length))
-        bins, frames = spec.shape[1], spec.shape[2]
-        spec = spec.view(batch, channels, bins, frames, 2)
+        stems = core(spec.view(batch, channels, *spec.shape[1:]))
+        audio = self.istft(stems.reshape(-1, *spec.shape[1:]), length)
+        audio = audio.view(batch, c.num_stems, channels, length).to(mix.dtype)
+        return audio.squeeze(1) if c.num_stems == 1 else audio
+
+    def separate_spectrum(
+        self, spec: torch.Tensor, intermediates: dict[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """(B, channels, bins, frames, [re, im]) mix STFT -> (B, stems, channels, bins, frames, [re, im])
+        masked STFT of each stem: band split, transformers, mask estimators, mask applied.
+
+        The complex product is written out in real arithmetic so that this exports (ONNX has no
+        complex type); the frame count may vary (rotary positions follow it).
+        """
+        record = intermediates if intermediates is not None else {}
+        c = self.config
+        batch, channels, bins, frames = spec.shape[:4]
+        param_dtype = self.final_norm.gamma.dtype
         record["stft_real_imag"] = spec
         # Feature index ((bin·channels + channel)·2 + re/im): channels interleaved within each bin.
         spec = spec.transpose(1, 2).reshape(batch, bins * channels, frames, 2)
@@ -377,11 +401,10 @@ class BSRoformer(nn.Module):
         record["mask_estimator_out"] = mask.squeeze(1) if c.num_stems == 1 else mask
         # (B, stems, frames, bins·channels·2) -> (B, stems, bins·channels, frames, 2)
         mask = mask.float().unflatten(-1, (bins * channels, 2)).transpose(2, 3)
-        masked = torch.view_as_real(torch.view_as_complex(spec.unsqueeze(1)) * torch.view_as_complex(mask.contiguous()))
-        masked = masked.view(batch, c.num_stems, bins, channels, frames, 2).transpose(2, 3)
-        audio = self.istft(masked.reshape(batch * c.num_stems * channels, bins, frames, 2), length)
-        audio = audio.view(batch, c.num_stems, channels, length).to(mix.dtype)
-        return audio.squeeze(1) if c.num_stems == 1 else audio
+        spec_re, spec_im = spec.unsqueeze(1).unbind(-1)
+        mask_re, mask_im = mask.unbind(-1)
+        masked = torch.stack((spec_re * mask_re - spec_im * mask_im, spec_re * mask_im + spec_im * mask_re), dim=-1)
+        return masked.view(batch, c.num_stems, bins, channels, frames, 2).transpose(2, 3)
 
     def load_checkpoint(self, state: Mapping[str, torch.Tensor]) -> None:
         """Strict load of an upstream state dict; WeightsError names missing/unexpected keys."""

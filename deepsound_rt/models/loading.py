@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import torch
 from torch import nn
@@ -18,6 +19,11 @@ from .synchformer import Synchformer
 from .vae import VAE
 from .weights import load_state_file
 
+# Which networks each generator graph runs (see graph_modules).
+NETWORKS_OF_GRAPH = {
+    "clip_image": ("clip",), "clip_text": ("clip",), "sync": ("synchformer",), "flow_conditions": ("flow",),
+    "flow_velocity": ("flow",), "vae_decode": ("vae",), "vocoder": ("vocoder",),
+}
 DEV_SEED = 20250328  # dev weights are random but the same on every machine and run
 
 
@@ -42,6 +48,14 @@ class GeneratorModels:
         """Rebuild the flow network's duration-dependent tables only when the duration changes."""
         if (latent, clip, sync) != (self.flow.latent_seq_len, self.flow.clip_seq_len, self.flow.sync_seq_len):
             self.flow.update_seq_lengths(latent, clip, sync)
+
+    def release_unused(self, torch_graphs: Iterable[str]) -> None:
+        """Free the weights of the networks that no graph in ``torch_graphs`` runs (their graphs run
+        on an exported backend), so a CPU holds one copy of each network, not two."""
+        needed = {network for graph in torch_graphs for network in NETWORKS_OF_GRAPH[graph]}
+        for name in ("flow", "vae", "vocoder", "synchformer", "clip"):
+            if name not in needed:
+                setattr(self, name, getattr(self, name).to("meta"))
 
     def graph_modules(self) -> dict[str, torch.nn.Module]:
         """The generator as named graphs (see :mod:`.graphs`), for a backend to load or export."""

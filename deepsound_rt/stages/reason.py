@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Callable, Literal, Mapping, TypeVar
 
 import av
 import numpy as np
 import torch
+from torch import nn
 
 from ..errors import InputError, WeightsError
 from ..models.mllm import decoding
 from ..models.mllm.audio_input import SAMPLE_RATE, audio_features
-from ..models.mllm.decoding import DecodingSettings
+from ..models.mllm.decoding import DecodingSettings, LanguageModel
 from ..models.mllm.prompt import (
     CANONICAL_PLAN_TEXT,
     PLAN_QUESTION,
@@ -32,6 +33,20 @@ from ..models.mllm.prompt import (
 )
 from ..models.mllm.videollama2 import VideoLLaMA2AV
 from ..models.mllm.vision import video_pixels
+from ..models.step_graphs import (
+    MLLM_AUDIO,
+    MLLM_DECODER,
+    MLLM_GRAPHS,
+    MLLM_VISION,
+    ExportedDecoder,
+    MllmAudioGraph,
+    MllmDecoderGraph,
+    MllmVisionGraph,
+)
+from ..timing import Timings
+
+if TYPE_CHECKING:
+    from ..backends.base import Graph
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +56,8 @@ JudgeMode = Literal["qa", "cot"]
 _PCM_SCALE = 32768.0
 SIGLIP_DIR_NAME = "siglip-so400m-patch14-384"
 TINY_MAX_NEW_TOKENS = 64
+GRAPH_INPUTS = {MLLM_VISION: MllmVisionGraph.signature.inputs[0], MLLM_AUDIO: MllmAudioGraph.signature.inputs[0]}
+T = TypeVar("T")
 
 
 def to_16k_mono(audio: np.ndarray, sample_rate: int) -> torch.Tensor:
@@ -60,7 +77,12 @@ def to_16k_mono(audio: np.ndarray, sample_rate: int) -> torch.Tensor:
 
 class MLLMReasoner:
     """Plan and voice-over judge with one VideoLLaMA2.1-7B-AV checkpoint (-CoT: plan and ``cot``
-    judge; -QA: ``qa`` judge)."""
+    judge; -QA: ``qa`` judge).
+
+    The vision encoder, audio encoder and LLM decoder run as exported graphs where
+    :meth:`use_graphs` gave them (token embedding, splicing and decoding logic stay in torch);
+    ``last_timings`` says how long each took in the last call and on which backend.
+    """
 
     def __init__(
         self,
@@ -77,6 +99,41 @@ class MLLMReasoner:
         self.dtype = dtype
         self.settings = settings or DecodingSettings(tokenizer.stop_ids)
         self.canonical_plan = canonical_plan
+        self.graphs: dict[str, Graph] = {}
+        self.last_timings = Timings()
+
+    def graph_modules(self) -> dict[str, nn.Module]:
+        """The graphs this stage can run exported, as the torch modules they are exported from."""
+        return {MLLM_VISION: MllmVisionGraph(self.model), MLLM_AUDIO: MllmAudioGraph(self.model),
+                MLLM_DECODER: MllmDecoderGraph(self.model)}
+
+    def use_graphs(self, graphs: Mapping[str, Graph]) -> "MLLMReasoner":
+        """Run the MLLM graphs among ``graphs`` on their backends (the others on torch)."""
+        self.graphs = {name: graphs[name] for name in MLLM_GRAPHS if name in graphs}
+        return self
+
+    def backend(self, graph_name: str) -> str:
+        return self.graphs[graph_name].backend if graph_name in self.graphs else "torch"
+
+    @property
+    def language_model(self) -> LanguageModel:
+        """What decoding runs: the exported decoder when there is one, else the torch model."""
+        graph = self.graphs.get(MLLM_DECODER)
+        return self.model if graph is None else ExportedDecoder(self.model, graph)
+
+    def _encode(self, graph_name: str, encode: Callable[[torch.Tensor], torch.Tensor],
+                value: torch.Tensor) -> torch.Tensor:
+        """(tokens, hidden) media tokens from ``encode`` (torch) or the graph of that name."""
+        with self.last_timings.measure(graph_name, self.device, self.backend(graph_name)):
+            graph = self.graphs.get(graph_name)
+            if graph is None:
+                return encode(value)
+            (tokens,) = graph.run({GRAPH_INPUTS[graph_name]: value}).values()
+            return tokens.to(self.device, self.dtype)
+
+    def _decode(self, run: Callable[[LanguageModel], T]) -> T:
+        with self.last_timings.measure(MLLM_DECODER, self.device, self.backend(MLLM_DECODER)):
+            return run(self.language_model)
 
     @classmethod
     def from_dirs(
@@ -131,9 +188,11 @@ class MLLMReasoner:
     @torch.inference_mode()
     def plan(self, video_path: str | Path) -> PlanResult:
         """Step 0: the step plan for a video (16 frames of the whole video, no audio)."""
+        self.last_timings = Timings()
         pixels = video_pixels(video_path, self.model.config.num_frames).to(self.device, self.dtype)
-        embeds = self.prompt_embeds(PLAN_QUESTION, [self.model.encode_video(pixels)])
-        result = decoding.plan(self.model, self.tokenizer, embeds, self.settings, self.canonical_plan)
+        embeds = self.prompt_embeds(PLAN_QUESTION, [self._encode(MLLM_VISION, self.model.encode_video, pixels)])
+        result = self._decode(lambda llm: decoding.plan(llm, self.tokenizer, embeds, self.settings,
+                                                        self.canonical_plan))
         log.info("plan (%s): %r", "fast path" if result.fast_path else "generated", result.text)
         return result
 
@@ -153,12 +212,14 @@ class MLLMReasoner:
         """
         if mode not in ("qa", "cot"):
             raise ValueError(f"judge mode must be 'qa' or 'cot', got {mode!r}")
+        self.last_timings = Timings()
         pixels = video_pixels(video_path, self.model.config.num_frames, duration_s).to(self.device, self.dtype)
         fbank = audio_features(to_16k_mono(audio, sample_rate)).to(self.device)
-        media = [self.model.encode_video(pixels), self.model.encode_audio(fbank)]
+        media = [self._encode(MLLM_VISION, self.model.encode_video, pixels),
+                 self._encode(MLLM_AUDIO, self.model.encode_audio, fbank)]
         embeds = self.prompt_embeds(VOICE_OVER_QUESTION, media)
         judge = decoding.judge_qa if mode == "qa" else decoding.judge_cot
-        result = judge(self.model, self.tokenizer, embeds, self.settings)
+        result = self._decode(lambda llm: judge(llm, self.tokenizer, embeds, self.settings))
         log.info("voice-over judge (%s): %s from %r", mode, result.voice_over, result.text)
         return result
 

@@ -8,16 +8,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..audio import resample
 from ..errors import InputError
 from ..models.bs_roformer import BSROFORMER_TINY, BSROFORMER_VIPERX_317, BSRoformer, load_separator_file
+from ..models.step_graphs import SEPARATOR_CORE, SeparatorCoreGraph
+from ..timing import Timings
 from ..weights_dir import WeightFile
+
+if TYPE_CHECKING:
+    from ..backends.base import Graph
 
 ModelFn = Callable[[torch.Tensor], torch.Tensor]
 """(B, channels, chunk_size) mix chunks -> (B, channels, chunk_size) vocals."""
@@ -174,20 +180,48 @@ SEPARATOR_FILE = WeightFile(
 
 
 class Separator:
-    """A loaded BS-RoFormer and DeepSound's Step3 around it; demixing runs on the model's device."""
+    """A loaded BS-RoFormer and DeepSound's Step3 around it; demixing runs on the model's device.
+
+    With a ``separator_core`` graph (:meth:`use_graphs`) the network between the STFT and the
+    iSTFT runs on that graph's backend; the STFT, iSTFT and overlap-add stay here.
+    """
 
     def __init__(self, model: BSRoformer, device: torch.device, dtype: torch.dtype):
         self.model = model.eval().to(device=device, dtype=dtype)
         self.device, self.dtype = device, dtype
+        self.core: Graph | None = None
+        self.last_timings = Timings()
+
+    def graph_modules(self) -> dict[str, nn.Module]:
+        """The graph this stage can run exported, as the torch module it is exported from."""
+        return {SEPARATOR_CORE: SeparatorCoreGraph(self.model)}
+
+    def use_graphs(self, graphs: Mapping[str, Graph]) -> Separator:
+        """Run ``separator_core`` on the given graph when there is one (else torch)."""
+        self.core = graphs.get(SEPARATOR_CORE)
+        return self
+
+    @property
+    def backend(self) -> str:
+        return "torch" if self.core is None else self.core.backend
+
+    def _run_core(self, spectrum: torch.Tensor) -> torch.Tensor:
+        return self.core.run({"mix_spectrum": spectrum})["stem_spectrum"].to(spectrum.device)
 
     def _vocals(self, chunks: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            return self.model(chunks.to(self.dtype))
+            if self.core is None:
+                return self.model(chunks.to(self.dtype))
+            return self.model.separate(chunks, self._run_core)
 
     def remove_vocals(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
-        """(T,) mono float32 -> (T,) instrumental at the same rate."""
+        """(T,) mono float32 -> (T,) instrumental at the same rate; ``last_timings`` says how long
+        the separator took and on which backend."""
         signal = torch.as_tensor(np.asarray(audio, dtype=np.float32), device=self.device)
-        return remove_vocals(self._vocals, signal, sample_rate).cpu().numpy()
+        self.last_timings = Timings()
+        with self.last_timings.measure("separator", self.device, self.backend):
+            instrumental = remove_vocals(self._vocals, signal, sample_rate)
+        return instrumental.cpu().numpy()
 
 
 def load_separator(path: Path | None, device: torch.device, dtype: torch.dtype,

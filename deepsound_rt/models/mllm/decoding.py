@@ -20,10 +20,9 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import torch
-from transformers import DynamicCache
 
 from .prompt import (
     CANONICAL_PLAN_TEXT,
@@ -36,7 +35,6 @@ from .prompt import (
     parse_plan,
     parse_qa_answer,
 )
-from .videollama2 import VideoLLaMA2AV
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +86,31 @@ def _next_token(logits: torch.Tensor, generated: Sequence[int], settings: Decodi
     return int(penalize_repetitions(logits, generated, settings.repetition_penalty).argmax())
 
 
-def new_cache(model: VideoLLaMA2AV) -> DynamicCache:
-    return DynamicCache(config=model.config.llm)
+class KVCache(Protocol):
+    """The part of a transformers cache that decoding uses (``DynamicCache`` satisfies it)."""
+
+    def get_seq_length(self) -> int: ...
+
+    def crop(self, max_length: int) -> None: ...
 
 
-def _truncate(cache: DynamicCache, length: int) -> None:
+class LanguageModel(Protocol):
+    """The LLM as decoding sees it: :class:`VideoLLaMA2AV` (torch, transformers cache) or
+    ``ExportedDecoder`` (the decoder as a backend graph, explicit key/value tensors)."""
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor: ...
+
+    def new_cache(self) -> KVCache: ...
+
+    def logits(self, inputs_embeds: torch.Tensor, cache: KVCache, num_logits: int = 1) -> torch.Tensor: ...
+
+
+def new_cache(model: LanguageModel) -> KVCache:
+    """An empty cache for ``model.logits`` (a transformers cache for the torch model)."""
+    return model.new_cache()
+
+
+def _truncate(cache: KVCache, length: int) -> None:
     surplus = cache.get_seq_length() - length
     if surplus:
         cache.crop(-surplus)
@@ -110,7 +128,7 @@ def _finished(tokens: list[int], settings: DecodingSettings, stop_when: StopCond
 
 @torch.inference_mode()
 def generate(
-    model: VideoLLaMA2AV,
+    model: LanguageModel,
     prompt_embeds: torch.Tensor,
     settings: DecodingSettings,
     draft: Sequence[int] = (),
@@ -122,7 +140,7 @@ def generate(
     docstring); without one this is plain greedy decoding: one prefill, then one step per token.
     """
     draft = list(draft)[: max(settings.max_new_tokens - 1, 0)]
-    cache = new_cache(model)
+    cache = model.new_cache()
     prompt_length = prompt_embeds.shape[1]
     if draft:
         draft_embeds = model.embed(torch.tensor([draft], device=prompt_embeds.device))
@@ -167,7 +185,7 @@ def settings_from_dir(directory: str | Path, tokenizer: ChatTokenizer) -> Decodi
 
 
 def plan(
-    model: VideoLLaMA2AV,
+    model: LanguageModel,
     tokenizer: ChatTokenizer,
     prompt_embeds: torch.Tensor,
     settings: DecodingSettings,
@@ -178,7 +196,7 @@ def plan(
     return parse_plan(tokenizer.response_text(generation.tokens), fast_path=generation.fast_path)
 
 
-def judge_qa(model: VideoLLaMA2AV, tokenizer: ChatTokenizer, prompt_embeds: torch.Tensor,
+def judge_qa(model: LanguageModel, tokenizer: ChatTokenizer, prompt_embeds: torch.Tensor,
              settings: DecodingSettings) -> JudgeResult:
     """Step 2 with the -QA model: voice-over iff the answer is exactly ``A``.
 
@@ -195,7 +213,7 @@ def judge_qa(model: VideoLLaMA2AV, tokenizer: ChatTokenizer, prompt_embeds: torc
     return JudgeResult(voice_over=parse_qa_answer(text), text=text)
 
 
-def judge_cot(model: VideoLLaMA2AV, tokenizer: ChatTokenizer, prompt_embeds: torch.Tensor,
+def judge_cot(model: LanguageModel, tokenizer: ChatTokenizer, prompt_embeds: torch.Tensor,
               settings: DecodingSettings) -> JudgeResult:
     """Step 2 with the -CoT model: reasoning, then ``<CONCLUSION>`` and the letter.
 

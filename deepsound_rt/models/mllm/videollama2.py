@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Mapping
 import torch
 from safetensors import safe_open
 from torch import nn
-from transformers import Cache, Qwen2Config, Qwen2Model, SiglipVisionConfig, SiglipVisionModel
+from transformers import Cache, DynamicCache, Qwen2Config, Qwen2Model, SiglipVisionConfig, SiglipVisionModel
 
 from ...errors import WeightsError
 from ..weights import check_state_dict, state_shapes
@@ -192,6 +192,10 @@ class VideoLLaMA2AV(nn.Module):
         placeholder between ``ids_before`` and ``ids_after``."""
         media = [video_tokens] if audio_tokens is None else [video_tokens, audio_tokens]
         return splice_embeddings(self.embed, ids_before.to(self.device), ids_after.to(self.device), media)
+
+    def new_cache(self) -> DynamicCache:
+        """An empty cache for :meth:`logits`."""
+        return DynamicCache(config=self.config.llm)
 
     def logits(self, inputs_embeds: torch.Tensor, cache: Cache, num_logits: int = 1) -> torch.Tensor:
         """Run (1, n, hidden) new embeddings through the LLM on top of ``cache`` (a transformers
