@@ -157,9 +157,9 @@ class Engine:
         from .stages.reason import MLLMReasoner
 
         if self.preset.random_weights:
-            reasoner = MLLMReasoner.tiny(seed=DEV_SEED, device=self.device, dtype=self.dtype)
+            reasoner = MLLMReasoner.random(seed=DEV_SEED, device=self.device, dtype=self.dtype)
         elif self.config.random_weights:
-            reasoner = MLLMReasoner.full_size_random(seed=DEV_SEED, device=self.device, dtype=self.dtype)
+            reasoner = MLLMReasoner.random(seed=DEV_SEED, device=self.device, dtype=self.dtype, full_size=True)
         elif self.config.mllm is None:
             raise DeepSoundError("this step needs the MLLM: set EngineConfig.mllm (CLI --mllm DIR)")
         else:

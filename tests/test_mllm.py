@@ -306,7 +306,7 @@ def test_audio_conversion_to_16k_mono() -> None:
 
 
 def test_reasoner_stage_on_the_sample_video() -> None:
-    reasoner = MLLMReasoner.tiny(seed=0, max_new_tokens=8)
+    reasoner = MLLMReasoner.random(seed=0, max_new_tokens=8)
     plan = reasoner.plan(SAMPLE_VIDEO)
     assert plan.defaulted and plan.steps == CANONICAL_PLAN_STEPS and not plan.fast_path
     audio = np.random.default_rng(0).standard_normal(2 * 44100).astype(np.float32) * 0.1

@@ -151,32 +151,20 @@ class MLLMReasoner:
         return cls(model, tokenizer, device, dtype, decoding.settings_from_dir(llm_dir, tokenizer))
 
     @classmethod
-    def tiny(
+    def random(
         cls,
         seed: int = 0,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
+        full_size: bool = False,
         max_new_tokens: int = TINY_MAX_NEW_TOKENS,
     ) -> "MLLMReasoner":
-        """Random tiny model (full input geometry) for the dev preset and tests. Random weights
+        """Random weights, seeded: tiny widths with the full input geometry (the dev preset, tests),
+        or the 7B model's shapes (``full_size``: benchmarks, ``--random-weights``). Random weights
         rarely emit a stop token, hence the short ``max_new_tokens``."""
-        from ..models.mllm.tiny import tiny_mllm
+        from ..models.mllm.tiny import full_size_random_mllm, tiny_mllm
 
-        model, tokenizer = tiny_mllm(seed, device, dtype)
-        return cls(model, tokenizer, device, dtype, DecodingSettings(tokenizer.stop_ids, max_new_tokens))
-
-    @classmethod
-    def full_size_random(
-        cls,
-        seed: int = 0,
-        device: str | torch.device = "cpu",
-        dtype: torch.dtype = torch.bfloat16,
-        max_new_tokens: int = TINY_MAX_NEW_TOKENS,
-    ) -> "MLLMReasoner":
-        """The 7B model's shapes with random weights, for benchmarks (``--random-weights``)."""
-        from ..models.mllm.tiny import full_size_random_mllm
-
-        model, tokenizer = full_size_random_mllm(seed, device, dtype)
+        model, tokenizer = (full_size_random_mllm if full_size else tiny_mllm)(seed, device, dtype)
         return cls(model, tokenizer, device, dtype, DecodingSettings(tokenizer.stop_ids, max_new_tokens))
 
     def prompt_embeds(self, question: str, media: list[torch.Tensor]) -> torch.Tensor:
