@@ -5,6 +5,7 @@ Every user-fixable problem (a :class:`DeepSoundError`) ends as one line on stder
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -187,6 +188,7 @@ def _bench(bench_args: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    logging.basicConfig(level=logging.WARNING, format="deepsound-rt: %(levelname)s: %(message)s")
     try:
         if argv[:1] == ["bench"]:  # the harness parses its own options
             return _bench(argv[1:])
