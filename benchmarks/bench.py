@@ -13,6 +13,7 @@ settings, every timing), bench.md (tables) and bench.png (per-stage stacked bars
 from __future__ import annotations
 
 import argparse
+import ctypes
 import datetime
 import gc
 import json
@@ -127,6 +128,7 @@ def _reasoning_stages(engine: Engine, video: Path, audio: np.ndarray, duration: 
 def measure(variant: Variant, args: argparse.Namespace, video: Path) -> dict:
     """Load an Engine for ``variant`` and time warm-up + timed runs of every stage."""
     device = torch.device(args.device)
+    _reset_peak_rss()
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -173,9 +175,19 @@ def _summary(values: list[float]) -> dict:
             "runs": values}
 
 
+def _reset_peak_rss() -> None:
+    """Hand the heap freed by earlier variants back to the OS and restart the peak count, so each
+    variant's peak RSS is its own (Linux with glibc; elsewhere the peak accumulates)."""
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+        Path("/proc/self/clear_refs").write_text("5")
+    except (AttributeError, OSError):
+        pass
+
+
 def _peak_rss_gib() -> float:
-    """The process's peak resident memory so far (VmHWM): variants run in order, so a later
-    variant's figure includes the earlier ones' peak."""
+    """The process's peak resident memory since the variant started (VmHWM)."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 2**20

@@ -14,6 +14,7 @@ from torch import nn
 from torchvision.transforms import Normalize
 
 from deepsound_rt.errors import InputError, WeightsError
+from deepsound_rt.stages.features import CLIP_FRAMES_PER_RUN, clip_image_features
 from deepsound_rt.models.clip import (
     CLIP_DFN5B_H14_384,
     CLIP_MEAN,
@@ -208,6 +209,26 @@ def test_encode_images_matches_mmaudio_preprocessing(tiny_clip: ClipEncoder) -> 
     with torch.inference_mode():
         expected = tiny_clip.model.encode_image(normalize(frames[0]), normalize=True)
     torch.testing.assert_close(tiny_clip.encode_images(frames, batch_size=2)[0], expected, atol=1e-5, rtol=0)
+
+
+def test_clip_stage_runs_bounded_chunks_with_the_whole_batch_result(tiny_clip: ClipEncoder) -> None:
+    """The stage splits the frames to bound activation memory; the embeddings must not change."""
+
+    class RecordingGraph:
+        def __init__(self) -> None:
+            self.frame_counts: list[int] = []
+
+        def run(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            self.frame_counts.append(inputs["frames"].shape[1])
+            return {"features": tiny_clip.encode_images(inputs["frames"])}
+
+    frames_u8 = torch.randint(0, 256, (2 * CLIP_FRAMES_PER_RUN + 5, 3, 384, 384), dtype=torch.uint8,
+                              generator=torch.Generator().manual_seed(3))
+    graph = RecordingGraph()
+    features = clip_image_features(graph, frames_u8)
+    assert graph.frame_counts == [CLIP_FRAMES_PER_RUN, CLIP_FRAMES_PER_RUN, 5]
+    expected = tiny_clip.encode_images(frames_u8.unsqueeze(0).float() / 255.0)
+    torch.testing.assert_close(features, expected, atol=1e-5, rtol=0)
 
 
 def manual_text_hidden_states(model: CLIP, tokens: torch.Tensor, heads: int) -> torch.Tensor:
