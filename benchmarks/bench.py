@@ -323,7 +323,6 @@ def main(argv: list[str] | None = None) -> int:
         for variant in variants:
             print(f"bench: {variant.name} ...", file=sys.stderr, flush=True)
             report["variants"].append(measure(variant, args, video))
-            gc.collect()  # free this variant's models before the next one loads
             write_report(report, args.out)  # after every variant: a cut-short run keeps what it measured
     print(markdown(report))
     return 0

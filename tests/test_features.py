@@ -14,7 +14,6 @@ from torch import nn
 from torchvision.transforms import Normalize
 
 from deepsound_rt.errors import InputError, WeightsError
-from deepsound_rt.stages.features import CLIP_FRAMES_PER_RUN, clip_image_features
 from deepsound_rt.models.clip import (
     CLIP_DFN5B_H14_384,
     CLIP_MEAN,
@@ -32,6 +31,7 @@ from deepsound_rt.models.synchformer import (
     frames_to_sync_input,
 )
 from deepsound_rt.models.weights import state_shapes
+from deepsound_rt.stages.features import CLIP_FRAMES_PER_RUN, clip_image_features
 from deepsound_rt.verify import check_golden
 from deepsound_rt.verify.features import RUNNERS, synchformer_config_from_golden
 from deepsound_rt.verify.golden import Golden, load_golden
