@@ -48,16 +48,13 @@ def find_weight_file(weights_dir: Path, spec: WeightFile) -> Path:
     )
 
 
-def md5_of(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.md5()
+def _md5_of(path: Path) -> str:
     with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "md5").hexdigest()
 
 
 def check_official_checksum(path: Path) -> None:
     """Refuse a file that carries an official name but not the official content."""
     expected = OFFICIAL_MD5.get(path.name)
-    if expected is not None and md5_of(path) != expected:
+    if expected is not None and _md5_of(path) != expected:
         raise WeightsError(f"{path} is not the official {path.name} (MD5 mismatch): re-download it")

@@ -99,11 +99,11 @@ def test_a_damaged_cache_entry_is_rebuilt_or_refused(tmp_path, damage):
         sidecar = json.loads(sidecar_path.read_text())
         sidecar["key"]["precision"] = "fp32"
         sidecar_path.write_text(json.dumps(sidecar))
-    assert cache.problem(key()) not in (None, "missing")
+    assert cache.lookup(key())[1] not in (None, "missing")
     with pytest.raises(EngineCacheError, match="vocoder"):
         load_or_build(cache, key(), build, on_corrupt="refuse")
     assert load_or_build(cache, key(), build) == (b"engine-2", "rebuilt")
-    assert cache.problem(key()) is None
+    assert cache.lookup(key())[1] is None
 
 
 def test_dtype_names_of_every_runtime_map_to_torch():

@@ -107,23 +107,22 @@ class EngineCache:
         stem = f"{key.graph}-{key.digest[:24]}"
         return self.directory / f"{stem}.engine", self.directory / f"{stem}.json"
 
-    def problem(self, key: EngineKey) -> str | None:
-        """Why the cached engine for ``key`` cannot be used (``"missing"`` when there is none)."""
+    def lookup(self, key: EngineKey) -> tuple[bytes | None, str | None]:
+        """The cached engine for ``key``, read once and checked against its recorded SHA-256, or
+        why it cannot be used (``"missing"`` when there is none)."""
         engine_path, sidecar_path = self.paths(key)
         if not engine_path.is_file():
-            return "missing"
+            return None, "missing"
         try:
             sidecar = json.loads(sidecar_path.read_text())
         except (OSError, ValueError):
-            return f"{sidecar_path.name} is missing or unreadable"
+            return None, f"{sidecar_path.name} is missing or unreadable"
         if sidecar.get("key") != key.fields():
-            return f"{sidecar_path.name} records another build (ONNX, TensorRT, GPU, precision or profile)"
-        if sidecar.get("engine_sha256") != hashlib.sha256(engine_path.read_bytes()).hexdigest():
-            return f"{engine_path.name} does not match its recorded SHA-256 (truncated or replaced)"
-        return None
-
-    def read(self, key: EngineKey) -> bytes:
-        return self.paths(key)[0].read_bytes()
+            return None, f"{sidecar_path.name} records another build (ONNX, TensorRT, GPU, precision or profile)"
+        engine = engine_path.read_bytes()
+        if sidecar.get("engine_sha256") != hashlib.sha256(engine).hexdigest():
+            return None, f"{engine_path.name} does not match its recorded SHA-256 (truncated or replaced)"
+        return engine, None
 
     def write(self, key: EngineKey, engine: bytes) -> None:
         """Engine first, sidecar last, each via a temporary name: a crash leaves no valid-looking pair."""
@@ -142,9 +141,9 @@ class EngineCache:
 def load_or_build(cache: EngineCache, key: EngineKey, build: Callable[[], bytes],
                   on_corrupt: Literal["rebuild", "refuse"] = "rebuild") -> tuple[bytes, CacheStatus]:
     """The cached engine for ``key``, else a freshly built (and cached) one."""
-    problem = cache.problem(key)
-    if problem is None:
-        return cache.read(key), "hit"
+    engine, problem = cache.lookup(key)
+    if engine is not None:
+        return engine, "hit"
     if problem != "missing" and on_corrupt == "refuse":
         raise EngineCacheError(f"cached TensorRT engine for {key.graph} in {cache.directory} is unusable: {problem}; "
                                "delete it or allow a rebuild")

@@ -211,12 +211,9 @@ def _lengths_text(lengths: Mapping[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in lengths.items()) + " tokens"
 
 
-def sha256_file(path: Path, chunk: int = 1 << 23) -> str:
-    digest = hashlib.sha256()
+def sha256_file(path: Path) -> str:
     with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _weight_tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
