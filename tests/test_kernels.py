@@ -145,6 +145,18 @@ def test_snake_linear_scale_half_parameters_and_huge_arguments(path):
 
 @needs_native
 @pytest.mark.parametrize("path", NATIVE_PATHS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_snake_half_outputs_across_sin_ranges(path, dtype):
+    # 16-bit outputs take the CUDA kernel's fast sin up to |alpha·x| = 64 and its polynomial and
+    # library sin beyond: arguments here span 0 to ~1e4
+    x, alpha, beta = _snake_inputs(2, 4, 1500, torch.float32, seed=5)
+    x = (x * torch.logspace(-1, 3, 1500)).to(dtype)
+    reference = snake_beta_antialiased_reference(x, alpha, beta, KAISER, KAISER)
+    _assert_snake_close(_run_snake(path, x, alpha, beta), reference, f"{path} {dtype}")
+
+
+@needs_native
+@pytest.mark.parametrize("path", NATIVE_PATHS)
 def test_snake_in_activation1d_module(path):
     from deepsound_rt.models.alias_free import Activation1d, SnakeBeta
 

@@ -3,8 +3,8 @@
 Reproduces MMAudio's ``load_video``/``read_frames`` numerically: frames are resampled by their
 presentation time (``frame.time``: seconds from 0, not from the stream's start time) onto
 8 fps (CLIP) and 25 fps (Synchformer) time grids, then resized with torchvision's bicubic,
-antialiased resize. Unlike upstream, each kept frame is converted once, as it is decoded, and
-full-resolution frames are never stored.
+antialiased resize. Unlike upstream, each kept frame is converted once, on worker threads while
+the next frames decode, and only a few full-resolution frames wait at any time.
 
 One deliberate difference: upstream accumulates grid times in floating point (0 + 1/fps + ...),
 so a 25 fps source occasionally skips a frame and repeats the next one, and an exactly 8.00 s,
@@ -14,7 +14,10 @@ frame times are exact fractions (pts x time base), so that video gives the 8.00 
 from __future__ import annotations
 
 import math
+import os
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -76,6 +79,39 @@ def sync_transform(image: torch.Tensor) -> torch.Tensor:
     return TF.center_crop(resized, [SYNC_SIZE, SYNC_SIZE])
 
 
+CONVERT_WORKERS = min(4, os.cpu_count() or 1)
+"""Threads that convert and resize frames while the next ones decode (PyAV's colour conversion and
+torch's resize release the GIL)."""
+
+
+def _convert(frame: av.VideoFrame, transforms: list[Callable[[torch.Tensor], torch.Tensor]]) -> list[torch.Tensor]:
+    image = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)
+    return [transform(image) for transform in transforms]
+
+
+class _ConvertPool:
+    """Converts frames on worker threads; at most two per worker wait, so that a long
+    high-resolution video never queues many full-size frames."""
+
+    def __init__(self, workers: int = CONVERT_WORKERS):
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="deepsound-frames")
+        self._pending: deque[Future] = deque()
+        self._limit = 2 * workers
+
+    def submit(self, frame: av.VideoFrame, transforms: list[Callable[[torch.Tensor], torch.Tensor]]) -> Future:
+        while len(self._pending) >= self._limit:
+            self._pending.popleft().result()
+        future = self._executor.submit(_convert, frame, transforms)
+        self._pending.append(future)
+        return future
+
+    def __enter__(self) -> "_ConvertPool":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
 @dataclass
 class _TimeGridSampler:
     """Resamples decoded frames onto a ``fps`` time grid the MMAudio way: each grid slot takes
@@ -85,7 +121,8 @@ class _TimeGridSampler:
 
     fps: int
     transform: Callable[[torch.Tensor], torch.Tensor]
-    frames: list[torch.Tensor] = field(default_factory=list)
+    frames: list[tuple[Future, int]] = field(default_factory=list)
+    """Per grid slot: the conversion job of its frame, and this sampler's place in its results."""
 
     @property
     def next_time(self) -> Fraction:
@@ -94,10 +131,12 @@ class _TimeGridSampler:
     def wants(self, time: Fraction) -> bool:
         return time >= self.next_time
 
-    def add(self, time: Fraction, image: torch.Tensor) -> None:
-        converted = self.transform(image)
+    def add(self, time: Fraction, converted: Future, index: int) -> None:
         while time >= self.next_time:
-            self.frames.append(converted)
+            self.frames.append((converted, index))
+
+    def stacked(self, count: int) -> torch.Tensor:
+        return torch.stack([converted.result()[index] for converted, index in self.frames[:count]])
 
 
 def load_video(path: str | Path, duration_s: float | None = DEFAULT_DURATION_S) -> VideoClip:
@@ -115,7 +154,7 @@ def load_video(path: str | Path, duration_s: float | None = DEFAULT_DURATION_S) 
     clip = _TimeGridSampler(CLIP_FPS, clip_transform)
     sync = _TimeGridSampler(SYNC_FPS, sync_transform)
     width = height = 0
-    with open_media(path) as container:
+    with open_media(path) as container, _ConvertPool() as pool:
         stream = first_video_stream(container, path)
         stream.thread_type = "AUTO"
         fps = stream.guessed_rate or stream.average_rate
@@ -128,25 +167,25 @@ def load_video(path: str | Path, duration_s: float | None = DEFAULT_DURATION_S) 
                 break
             wanting = [sampler for sampler in (clip, sync) if time >= 0 and sampler.wants(time)]
             if wanting:
-                image = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)
                 width, height = frame.width, frame.height
-                for sampler in wanting:
-                    sampler.add(time, image)
-    if not sync.frames:
-        raise InputError(f"{path}: no decodable video frames")
-    duration_s = min(end_s, len(clip.frames) / CLIP_FPS, len(sync.frames) / SYNC_FPS)
-    clip_count, sync_count = int(CLIP_FPS * duration_s), int(SYNC_FPS * duration_s)
-    if sync_count < SYNC_SEGMENT_FRAMES:
-        raise InputError(f"{path}: video is only {duration_s:.2f} s long; at least {MIN_DURATION_S} s is needed")
-    return VideoClip(
-        duration_s=duration_s,
-        fps=fps,
-        clip_frames=torch.stack(clip.frames[:clip_count]),
-        sync_frames=torch.stack(sync.frames[:sync_count]),
-        width=width,
-        height=height,
-        has_audio=has_audio,
-    )
+                converted = pool.submit(frame, [sampler.transform for sampler in wanting])
+                for index, sampler in enumerate(wanting):
+                    sampler.add(time, converted, index)
+        if not sync.frames:
+            raise InputError(f"{path}: no decodable video frames")
+        duration_s = min(end_s, len(clip.frames) / CLIP_FPS, len(sync.frames) / SYNC_FPS)
+        clip_count, sync_count = int(CLIP_FPS * duration_s), int(SYNC_FPS * duration_s)
+        if sync_count < SYNC_SEGMENT_FRAMES:
+            raise InputError(f"{path}: video is only {duration_s:.2f} s long; at least {MIN_DURATION_S} s is needed")
+        return VideoClip(
+            duration_s=duration_s,
+            fps=fps,
+            clip_frames=clip.stacked(clip_count),
+            sync_frames=sync.stacked(sync_count),
+            width=width,
+            height=height,
+            has_audio=has_audio,
+        )
 
 
 def probe_video(path: str | Path) -> VideoProbe:

@@ -8,7 +8,18 @@
 // Nothing but x and y touches global memory, all arithmetic is fp32. With 12-tap filters each
 // thread handles 16 consecutive activated samples and 8 consecutive outputs from registers; other
 // tap counts take a simple per-sample path (also used for the tile's tail in B).
+//
+// On an H100 the kernel's time follows the element count, not the bytes moved (bf16 and fp32 take
+// the same time): it is bound by instruction issue, shared memory and latency, not bandwidth. What
+// measurably helped there (vocoder shapes, 2026-11): A issues all of a thread's loads before the
+// first use and stores the window spaced like the activations (B's register loads had 8-way bank
+// conflicts), 1.3x together; for 16-bit outputs sin comes from the special-function unit (__sinf)
+// instead of the ~15-instruction polynomial that fp32 outputs keep, 5 % more. 16 outputs per
+// thread was slower. __sinf's error is under 2^-21.4 on [-π, π] and grows by about |x|·2^-24
+// beyond (its argument is scaled by 1/2π in fp32), so up to |x| = 64 it stays far under a 16-bit
+// output's rounding; larger |x| take the polynomial.
 #include <algorithm>
+#include <type_traits>
 
 #include "../snake_math.h"
 #include "cuda_common.cuh"
@@ -22,26 +33,41 @@ constexpr int kActivatedPerThread = 2 * kOutputsPerThread;
 constexpr int kTileOutputs = kThreads * kOutputsPerThread;
 constexpr int kActCapacity = 2 * kTileOutputs + kMaxFilterTaps;
 constexpr int kActShared = kActCapacity + kActCapacity / 32 + 1;
-constexpr int kWindowCapacity = kTileOutputs + kMaxFilterTaps + 8;  // also holds spaced(kTileOutputs)
+constexpr int kWindowCapacity = kTileOutputs + kMaxFilterTaps + 8;  // padded-input samples a tile reads
+constexpr int kWindowShared = kWindowCapacity + kWindowCapacity / 32 + 1;
 
 // One padding word per 32: a warp whose threads each own 8 or 16 consecutive samples then hits 32
 // different banks with every access.
 __device__ __forceinline__ int spaced(int e) { return e + (e >> 5); }
 
+// Up to where __sinf is accurate enough for 16-bit outputs (absolute error about 4e-6 at 64).
+constexpr float kFastSinMaxArgument = 64.0f;
+
+// sin² for arguments beyond the inline paths: rare, and one out-of-line copy keeps the unrolled
+// loops (16 activations each) small.
+__device__ __noinline__ float sin_squared_wide(float argument) {
+  if (fabsf(argument) <= kSinSquaredMaxArgument) return sin_squared(argument);
+  const float s = sinf(argument);
+  return s * s;
+}
+
+template <bool kFastSin>
 __device__ __forceinline__ float snake(float v, float alpha, float inv_beta) {
   const float argument = alpha * v;
   float s2;
-  if (fabsf(argument) <= kSinSquaredMaxArgument) {
+  if (kFastSin && fabsf(argument) <= kFastSinMaxArgument) {
+    const float s = __sinf(argument);
+    s2 = s * s;
+  } else if (!kFastSin && fabsf(argument) <= kSinSquaredMaxArgument) {
     s2 = sin_squared(argument);
   } else {
-    const float s = sinf(argument);
-    s2 = s * s;
+    s2 = sin_squared_wide(argument);
   }
   return v + inv_beta * s2;
 }
 
 // 16 activated samples from registers; kParity = parity of (j + up_crop) at the first of them.
-template <int kPhaseTaps, int kParity>
+template <int kPhaseTaps, int kParity, bool kFastSin>
 __device__ __forceinline__ void activate_block(const float* xr, const float (&taps)[2][kPhaseTaps], float* act,
                                                int e_first, float alpha, float inv_beta) {
 #pragma unroll
@@ -51,7 +77,7 @@ __device__ __forceinline__ void activate_block(const float* xr, const float (&ta
     float u = 0.0f;
 #pragma unroll
     for (int r = 0; r < kPhaseTaps; ++r) u += taps[phase][r] * xr[newest - r];
-    act[spaced(e_first + d)] = snake(u, alpha, inv_beta);
+    act[spaced(e_first + d)] = snake<kFastSin>(u, alpha, inv_beta);
   }
 }
 
@@ -63,13 +89,31 @@ __global__ void __launch_bounds__(kThreads)
                       const void* down_filter, SnakeGeometry g) {
   __shared__ float up_phase[2][kMaxFilterTaps / 2];  // 2·f_up[parity + 2r]: transposed-conv gain folded in
   __shared__ float down[kMaxFilterTaps];
-  __shared__ float window[kWindowCapacity];  // padded input, later the tile's outputs
+  __shared__ float window[kWindowShared];  // padded input, later the tile's outputs
   __shared__ float act[kActShared];
+  constexpr bool kFastSin = !std::is_same_v<T, float>;
+  constexpr int kLoadsPerThread = (kWindowCapacity + kThreads - 1) / kThreads;
 
   const int tid = threadIdx.x;
   const long long row = blockIdx.x / tiles_per_row;
   const int tile = static_cast<int>(blockIdx.x % tiles_per_row);
   const int c = static_cast<int>(row % channels);
+
+  // A. Activated samples j = ext_first + e, e in [0, ext_count), feed the tile's outputs; they read
+  // the padded input xp[m_first + i], i in [0, m_count). All loads are in flight at once.
+  const int out_first = tile * kTileOutputs;
+  const int ext_first = 2 * out_first - g.down_pad_left;
+  const int ext_count = 2 * kTileOutputs + g.down_taps - 2;
+  const int m_first = g.first_padded_index(ext_first);
+  const int m_count = g.last_padded_index(ext_first + ext_count - 1) - m_first + 1;
+  const T* x_row = x + row * length;
+  float loaded[kLoadsPerThread];
+#pragma unroll
+  for (int k = 0; k < kLoadsPerThread; ++k) {
+    const int i = tid + k * kThreads;
+    const int source = i < m_count ? g.padded_source(m_first + i, length) : -1;
+    loaded[k] = source < 0 ? 0.0f : to_float(x_row[source]);
+  }
   for (int k = tid; k < g.up_taps; k += kThreads) {
     up_phase[k & 1][k >> 1] = 2.0f * load_param(up_filter, param_dtype, k);
   }
@@ -82,16 +126,10 @@ __global__ void __launch_bounds__(kThreads)
   }
   const float inv_beta = 1.0f / (b + kSnakeEps);
 
-  // A. Activated samples j = ext_first + e, e in [0, ext_count), feed the tile's outputs.
-  const int out_first = tile * kTileOutputs;
-  const int ext_first = 2 * out_first - g.down_pad_left;
-  const int ext_count = 2 * kTileOutputs + g.down_taps - 2;
-  const int m_first = g.first_padded_index(ext_first);
-  const int m_count = g.last_padded_index(ext_first + ext_count - 1) - m_first + 1;
-  const T* x_row = x + row * length;
-  for (int i = tid; i < m_count; i += kThreads) {
-    const int source = g.padded_source(m_first + i, length);
-    window[i] = source < 0 ? 0.0f : to_float(x_row[source]);
+#pragma unroll
+  for (int k = 0; k < kLoadsPerThread; ++k) {
+    const int i = tid + k * kThreads;
+    if (i < m_count) window[spaced(i)] = loaded[k];
   }
   __syncthreads();
 
@@ -105,7 +143,7 @@ __global__ void __launch_bounds__(kThreads)
     const int oldest = floor_div2(crop_first + e_first) - m_first - (kPhaseTaps - 1);
     float xr[kPhaseTaps + kOutputsPerThread];
 #pragma unroll
-    for (int w = 0; w < kPhaseTaps + kOutputsPerThread; ++w) xr[w] = window[oldest + w];
+    for (int w = 0; w < kPhaseTaps + kOutputsPerThread; ++w) xr[w] = window[spaced(oldest + w)];
     float taps[2][kPhaseTaps];
 #pragma unroll
     for (int r = 0; r < kPhaseTaps; ++r) {
@@ -113,9 +151,9 @@ __global__ void __launch_bounds__(kThreads)
       taps[1][r] = up_phase[1][r];
     }
     if (((crop_first + e_first) & 1) == 0) {
-      activate_block<kPhaseTaps, 0>(xr, taps, act, e_first, a, inv_beta);
+      activate_block<kPhaseTaps, 0, kFastSin>(xr, taps, act, e_first, a, inv_beta);
     } else {
-      activate_block<kPhaseTaps, 1>(xr, taps, act, e_first, a, inv_beta);
+      activate_block<kPhaseTaps, 1, kFastSin>(xr, taps, act, e_first, a, inv_beta);
     }
     e_simple = kActivatedPerThread * kThreads;
   }
@@ -124,8 +162,8 @@ __global__ void __launch_bounds__(kThreads)
     const int phase = shifted & 1;
     const int newest = floor_div2(shifted) - m_first;
     float u = 0.0f;
-    for (int r = 0, k = phase; k < g.up_taps; ++r, k += 2) u += up_phase[phase][r] * window[newest - r];
-    act[spaced(e)] = snake(u, a, inv_beta);
+    for (int r = 0, k = phase; k < g.up_taps; ++r, k += 2) u += up_phase[phase][r] * window[spaced(newest - r)];
+    act[spaced(e)] = snake<kFastSin>(u, a, inv_beta);
   }
   __syncthreads();
 
