@@ -72,8 +72,10 @@ def scale_and_shift(tmp_path_factory):
 def test_onnxruntime_graph_casts_inputs_and_returns_torch_tensors(scale_and_shift):
     graph = OnnxRuntimeBackend(torch.device("cpu"), threads=1).load("toy", scale_and_shift)
     assert graph.backend == "onnxruntime" and graph.providers == ["CPUExecutionProvider"]
-    # activations go back after every run instead of staying in a per-session arena
-    assert not graph.session.get_session_options().enable_cpu_mem_arena
+    # every session takes its activations from the one arena of the process, not an arena of its own
+    other = OnnxRuntimeBackend(torch.device("cpu"), threads=1).load("toy2", scale_and_shift)
+    for session in (graph.session, other.session):
+        assert session.get_session_options().get_session_config_entry("session.use_env_allocators") == "1"
     x = torch.arange(6, dtype=torch.float64).reshape(2, 3)
     out = graph.run({"x": x, "n": torch.tensor(5)})
     assert isinstance(out["y"], torch.Tensor) and out["y"].dtype is torch.float32

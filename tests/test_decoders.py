@@ -10,7 +10,12 @@ import pytest
 import torch
 
 from deepsound_rt.errors import WeightsError
-from deepsound_rt.models.alias_free import Activation1d, SnakeBeta, snake_beta_antialiased_reference
+from deepsound_rt.models.alias_free import (
+    Activation1d,
+    SnakeBeta,
+    snake_beta_antialiased_polyphase,
+    snake_beta_antialiased_reference,
+)
 from deepsound_rt.models.bigvgan import BigVGAN, BigVGANConfig, fold_weight_norm, load_vocoder_file
 from deepsound_rt.models.mel import MEL_16K, MEL_44K, MelConverter, slaney_mel_filterbank
 from deepsound_rt.models.vae import VAE
@@ -181,6 +186,44 @@ def test_snakebeta_matches_float64(batch: int, channels: int, length: int) -> No
         y = activation(x)
     assert y.shape == x.shape
     np.testing.assert_allclose(y.double().numpy(), expected, rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("batch,channels,length", [(1, 1, 1), (1, 2, 2), (2, 3, 7), (1, 17, 33), (3, 33, 101)])
+def test_snakebeta_polyphase_matches_float64(batch: int, channels: int, length: int) -> None:
+    """The form exported graphs take, edges included (lengths shorter than the filter too)."""
+    generator = torch.Generator().manual_seed(channels * 1000 + length)
+    x = 3 * torch.randn(batch, channels, length, generator=generator)
+    alpha, beta = 0.5 * torch.randn(channels, generator=generator), 0.5 * torch.randn(channels, generator=generator)
+    kaiser = torch.from_numpy(_kaiser_sinc_f64()).float()
+    y = snake_beta_antialiased_polyphase(x, alpha, beta, kaiser, kaiser)
+    expected = _snakebeta_antialiased_f64(x.double().numpy(), alpha.double().numpy(), beta.double().numpy())
+    np.testing.assert_allclose(y.double().numpy(), expected, rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("taps", [2, 4, 6, 8, 16])
+@pytest.mark.parametrize("length", [1, 3, 40])
+def test_snakebeta_polyphase_other_filters(taps: int, length: int) -> None:
+    """Odd and even half-lengths put the replicated edge samples on different phases."""
+    generator = torch.Generator().manual_seed(taps * 100 + length)
+    x = torch.randn(2, 3, length, generator=generator)
+    alpha, beta = 0.3 * torch.randn(3, generator=generator), 0.3 * torch.randn(3, generator=generator)
+    up, down = torch.randn(1, 1, taps, generator=generator), torch.randn(1, 1, taps, generator=generator)
+    torch.testing.assert_close(snake_beta_antialiased_polyphase(x, alpha, beta, up, down),
+                               snake_beta_antialiased_reference(x.double(), alpha, beta, up, down).float(),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_exported_activation_has_no_transposed_convolution() -> None:
+    activation = Activation1d(SnakeBeta(4)).eval()
+    with torch.no_grad():
+        activation.act.alpha.uniform_(-1, 1)
+    x = torch.randn(1, 4, 50, generator=torch.Generator().manual_seed(2))
+    exported = torch.export.export(activation, (x,))
+    targets = {str(node.target) for node in exported.graph.nodes if node.op == "call_function"}
+    assert not any("conv_transpose" in target for target in targets)
+    expected = _snakebeta_antialiased_f64(x.double().numpy(), activation.act.alpha.detach().double().numpy(),
+                                          activation.act.beta.detach().double().numpy())
+    np.testing.assert_allclose(exported.module()(x).detach().double().numpy(), expected, rtol=0, atol=2e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -103,8 +103,24 @@ def test_loader_drops_other_branches_and_names_bad_keys(sync_golden: Golden) -> 
 @pytest.mark.parametrize(("frames", "segments"), [(200, 24), (207, 24), (250, 30), (16, 1)])
 def test_segment_counts(frames: int, segments: int) -> None:
     """8 s and 10 s at 25 fps; frames that do not fill a last window are dropped."""
-    video = torch.zeros(1, 1, 3, 224, 224).expand(1, frames, -1, -1, -1)
-    assert Synchformer(TINY_SYNC).segment(video).shape == (1, segments, 16, 3, 224, 224)
+    assert Synchformer(TINY_SYNC).segment_count(frames) == segments
+
+
+def test_shared_tubelets_equal_per_segment_embedding() -> None:
+    """Embedding the video once and windowing its tubelets equals cutting 16-frame segments
+    every 8 frames and running the checkpoint's Conv3d on each, as upstream does."""
+    model = randomized(Synchformer(TINY_SYNC)).eval()
+    generator = torch.Generator().manual_seed(3)
+    video = torch.rand(2, 43, 3, 224, 224, generator=generator) * 2 - 1
+    extractor = model.vfeat_extractor
+    per_segment = []
+    for start in range(0, 43 - 16 + 1, 8):
+        segment = video[:, start : start + 16].transpose(1, 2)  # (B, C, 16, H, W)
+        tokens = extractor.patch_embed_3d.proj(segment).flatten(2).transpose(1, 2)
+        per_segment.append(extractor(tokens))
+    expected = torch.stack(per_segment, dim=1).flatten(1, 2)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(video), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_encode_video_with_sync_shapes_for_8s_and_10s() -> None:

@@ -78,15 +78,14 @@ class SyncGraph(nn.Module):
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         """(1, T, 3, 224, 224) in [-1, 1] -> (1, S*8, D) sync features.
 
-        ``encode_video_with_sync`` with every segment in one batch, written out because its
-        chunking (a split by a length that varies with T) exports as sequence ops TensorRT lacks.
+        ``encode_video_with_sync`` with every segment in one run, written out because its
+        chunking (a loop over a count that varies with T) exports as sequence ops TensorRT lacks.
         """
         synchformer = self.synchformer
         size = synchformer.config.image_size
         if tuple(frames.shape[2:]) != (3, size, size):
             raise InputError(f"Synchformer frames must be (3, {size}, {size}), got {tuple(frames.shape[2:])}")
-        segments = synchformer.segment(frames).flatten(0, 1).unsqueeze(1)  # (B*S, 1, 16, C, H, W)
-        return synchformer(segments).reshape(frames.shape[0], -1, synchformer.config.embed_dim)
+        return synchformer(frames)
 
 
 class FlowConditionsGraph(nn.Module):

@@ -19,7 +19,8 @@ from ..errors import InputError
 from .weights import load_strict, state_shapes
 
 SEGMENT_STRIDE = 8
-"""Frames between the starts of consecutive segments (MMAudio's ``step_size``)."""
+"""Frames between the starts of consecutive segments (MMAudio's ``step_size``); even, so segments
+share the tubelets (frame pairs) of the whole video."""
 
 LAYER_NORM_EPS = 1e-6
 STATE_PREFIX = "vfeat_extractor"
@@ -195,19 +196,29 @@ class PatchEmbed2D(nn.Module):
 
 
 class PatchEmbed3D(nn.Module):
-    """Tubelet embedding: (2, 16, 16) patches -> time-major tokens (B, t*h*w, D)."""
+    """Tubelet embedding: every pair of frames, cut in 16 x 16 patches -> one token per patch."""
 
     def __init__(self, config: SynchformerConfig):
         super().__init__()
         kernel = (config.temporal_patch_size, config.patch_size, config.patch_size)
         self.proj = nn.Conv3d(3, config.embed_dim, kernel, stride=kernel)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, T, C, H, W) frames, T a multiple of 2 -> (B, T/2, h*w, D) tubelet tokens.
+
+        The (2, 16, 16) Conv3d with equal stride, run as a Conv2d over frames stacked in pairs
+        along channels: the frames stay time-major, so the video is never transposed to NCDHW.
+        """
+        batch, length, channels, height, width = frames.shape
+        dim, _, pair, patch_h, patch_w = self.proj.weight.shape
+        weight = self.proj.weight.transpose(1, 2).reshape(dim, pair * channels, patch_h, patch_w)
+        pairs = frames.reshape(batch * (length // pair), pair * channels, height, width)
+        tokens = F.conv2d(pairs, weight, self.proj.bias, stride=(patch_h, patch_w))
+        return tokens.flatten(2).transpose(1, 2).reshape(batch, length // pair, -1, dim)
 
 
 class MotionFormer(nn.Module):
-    """Per-segment feature extractor: (N, C, 16, 224, 224) -> (N, 8, D)."""
+    """Per-segment feature extractor: (N, 8*h*w, D) tubelet tokens of 16-frame segments -> (N, 8, D)."""
 
     def __init__(self, config: SynchformerConfig):
         super().__init__()
@@ -222,9 +233,8 @@ class MotionFormer(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
         self.spatial_attn_agg = SpatialAggregator(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         frames, patches = self.config.temporal_positions, self.config.patches_per_frame
-        tokens = self.patch_embed_3d(x)
         tokens = torch.cat((self.cls_token.expand(tokens.shape[0], -1, -1), tokens), dim=1)
         # separate embeddings: spatial pos_embed[1 + p] + temporal temp_embed[f], summed first
         spatial = self.pos_embed[:, 1:].repeat(1, frames, 1)
@@ -245,39 +255,50 @@ class Synchformer(nn.Module):
         self.config = config
         self.vfeat_extractor = MotionFormer(config)
 
-    def forward(self, segments: torch.Tensor) -> torch.Tensor:
-        """(B, S, 16, C, 224, 224) segments -> (B, S, 8, D) features."""
-        batch, num_segments, frames, channels, height, width = segments.shape
-        x = segments.transpose(2, 3).reshape(batch * num_segments, channels, frames, height, width)
-        features = self.vfeat_extractor(x)
-        return features.view(batch, num_segments, *features.shape[1:])
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3, 224, 224) frames in [-1, 1], T >= 16 -> (B, S*8, D) sync features.
 
-    def segment(self, frames: torch.Tensor) -> torch.Tensor:
-        """(B, T, C, H, W) -> (B, S, 16, C, H, W) overlapping windows (a view, no copy).
-
-        S = (T - 16) // 8 + 1; trailing frames that do not fill a window are dropped.
+        The video is cut in S = (T - 16) // 8 + 1 segments of 16 frames every 8 (trailing frames
+        that fill no segment are dropped). Segment starts are even, so every segment's tubelets
+        are tubelets of the whole video: they are embedded once and windowed, not once per
+        segment (each frame lies in two segments).
         """
+        config = self.config
+        segments = self.segment_count(frames.shape[1])
+        used = config.segment_frames + SEGMENT_STRIDE * (segments - 1)
+        tubelets = self.vfeat_extractor.patch_embed_3d(frames[:, :used])  # (B, used/2, P, D)
+        windows = tubelets.unfold(1, config.temporal_positions, SEGMENT_STRIDE // config.temporal_patch_size)
+        batch, _, patches, dim, positions = windows.shape  # (B, S, P, D, 8)
+        tokens = windows.permute(0, 1, 4, 2, 3).reshape(batch * segments, positions * patches, dim)
+        return self.vfeat_extractor(tokens).reshape(batch, segments * positions, dim)
+
+    def segment_count(self, frames: int) -> int:
+        """Segments of 16 frames every 8 in ``frames`` frames."""
         length = self.config.segment_frames
-        if frames.shape[1] < length:
-            raise InputError(f"the Synchformer needs at least {length} frames, got {frames.shape[1]}")
-        return frames.unfold(1, length, SEGMENT_STRIDE).permute(0, 1, 5, 2, 3, 4)
+        if frames < length:
+            raise InputError(f"the Synchformer needs at least {length} frames, got {frames}")
+        return (frames - length) // SEGMENT_STRIDE + 1
 
     @torch.inference_mode()
     def encode_video_with_sync(self, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
         """(B, T, 3, 224, 224) frames in [-1, 1] -> (B, S*8, D) sync features.
 
         ``batch_size`` bounds how many segments run at once (all of them when ``None``); only the
-        running chunk is moved to the model's device and dtype.
+        frames of the running segments are moved to the model's device and dtype.
         """
-        batch, _, channels, height, width = x.shape
+        _, length, channels, height, width = x.shape
         size = self.config.image_size
         if (channels, height, width) != (3, size, size):
             raise InputError(f"Synchformer frames must be (3, {size}, {size}), got {tuple(x.shape[2:])}")
+        segments = self.segment_count(length)
+        per_run = batch_size or segments
         weight = self.vfeat_extractor.cls_token
-        segments = self.segment(x).flatten(0, 1).unsqueeze(1)  # (B*S, 1, 16, C, H, W); a view for B = 1
-        chunks = segments.split(batch_size or len(segments))
-        features = torch.cat([self(chunk.to(weight.device, weight.dtype)) for chunk in chunks])
-        return features.reshape(batch, -1, self.config.embed_dim)
+        features = []
+        for first in range(0, segments, per_run):
+            count = min(per_run, segments - first)
+            span = x[:, first * SEGMENT_STRIDE : (first + count - 1) * SEGMENT_STRIDE + self.config.segment_frames]
+            features.append(self(span.to(weight.device, weight.dtype)))
+        return torch.cat(features, dim=1)
 
     def load_checkpoint(self, state: Mapping[str, torch.Tensor]) -> None:
         """Strict load after dropping the non-video keys the official file also holds."""
