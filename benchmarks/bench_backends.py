@@ -1,7 +1,9 @@
 """ONNX Runtime vs torch eager per graph (stage), on the CPU, for one or more presets in one run.
 
 Each preset is exported once with random weights (or an existing export is reused), then every
-graph runs on both backends with the same inputs: warm-up, then the median of ``--runs``. Inputs
+graph runs on both backends with the same inputs: warm-up, then the median of ``--runs``. Torch
+eager is plain torch ops; graphs where our kernels replace some of them (the vocoder's
+activations) also run as torch + kernels, the Engine's torch backend. Inputs
 have the shapes of a ``--duration`` clip, except where a cap shrinks a dynamic axis (full-size
 CLIP on 64 frames takes minutes per run on a small CPU); the table prints the shapes used.
 
@@ -21,10 +23,12 @@ from pathlib import Path
 
 import torch
 
+from deepsound_rt import kernels
 from deepsound_rt.backends.onnxruntime_backend import OnnxRuntimeBackend, default_threads
 from deepsound_rt.config import PRESETS
 from deepsound_rt.export import ExportError, ExportManifest, export_preset
 from deepsound_rt.export.registry import GENERATOR_GRAPHS, GRAPH_SPECS, ExportContext
+from deepsound_rt.models.alias_free import Activation1d
 
 # Axis caps for full-size presets: the shapes stay real per frame/token, the counts shrink.
 FULL_SIZE_CAPS = {"clip_frames": 2, "sync_frames": 24, "mel_frames": 64}
@@ -73,15 +77,21 @@ def bench_preset(preset: str, duration: float, root: Path, warmup: int, runs: in
             with torch.inference_mode():
                 module(*args)
 
-        torch_times = timed(run_torch, warmup, runs)
+        with kernels.use_kernels(False):
+            torch_times = timed(run_torch, warmup, runs)
         ort_times = timed(lambda: graph.run(inputs), warmup, runs)
         torch_s, ort_s = statistics.median(torch_times), statistics.median(ort_times)
-        rows.append({"preset": preset, "graph": name, "torch_ms": torch_s * 1e3, "onnxruntime_ms": ort_s * 1e3,
-                     "torch_min_ms": min(torch_times) * 1e3, "onnxruntime_min_ms": min(ort_times) * 1e3,
-                     "runs": [len(torch_times), len(ort_times)], "speedup": torch_s / ort_s,
-                     "speedup_of_min": min(torch_times) / min(ort_times),
-                     "shapes": {n: list(t.shape) for n, t in inputs.items() if t.ndim > 1},
-                     "capped": {a: s for a, s in sizes.items() if s != spec.axes(ctx)[a].opt}})
+        row = {"preset": preset, "graph": name, "torch_ms": torch_s * 1e3, "onnxruntime_ms": ort_s * 1e3,
+               "torch_min_ms": min(torch_times) * 1e3, "onnxruntime_min_ms": min(ort_times) * 1e3,
+               "runs": [len(torch_times), len(ort_times)], "speedup": torch_s / ort_s,
+               "speedup_of_min": min(torch_times) / min(ort_times),
+               "shapes": {n: list(t.shape) for n, t in inputs.items() if t.ndim > 1},
+               "capped": {a: s for a, s in sizes.items() if s != spec.axes(ctx)[a].opt}}
+        if "cpp" in kernels.available_paths() and any(isinstance(m, Activation1d) for m in module.modules()):
+            kernel_times = timed(run_torch, warmup, runs)
+            row["torch_kernels_ms"] = statistics.median(kernel_times) * 1e3
+            row["torch_kernels_min_ms"] = min(kernel_times) * 1e3
+        rows.append(row)
     rows.append({"preset": preset, "graph": "(export seconds)", "export_s": export_s})
     return rows
 
@@ -89,16 +99,20 @@ def bench_preset(preset: str, duration: float, root: Path, warmup: int, runs: in
 def markdown(rows: list[dict], machine: dict) -> str:
     lines = [f"ONNX Runtime vs torch eager, CPU ({machine['cpu']}, {machine['threads']} threads, "
              f"torch {machine['torch']}, onnxruntime {machine['onnxruntime']})", "",
-             "Median (and fastest) of the timed runs; speed-up = torch / onnxruntime.", "",
-             "| preset | graph | torch ms | onnxruntime ms | speed-up (median) | speed-up (fastest) | input shapes |",
-             "|---|---|---:|---:|---:|---:|---|"]
+             "Median (and fastest) of the timed runs; speed-up = torch eager / onnxruntime. Torch + kernels: "
+             "the Engine's torch backend where our kernels replace torch ops in the graph.", "",
+             "| preset | graph | torch eager ms | torch + kernels ms | onnxruntime ms | speed-up (median) | "
+             "speed-up (fastest) | input shapes |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
     for row in rows:
         if "speedup" not in row:
             continue
         shapes = "; ".join(f"{n} {tuple(s)}" for n, s in row["shapes"].items())
         capped = f" (capped: {row['capped']})" if row["capped"] else ""
+        with_kernels = (f"{row['torch_kernels_ms']:.1f} ({row['torch_kernels_min_ms']:.1f})"
+                        if "torch_kernels_ms" in row else "")
         lines.append(f"| {row['preset']} | {row['graph']} | {row['torch_ms']:.1f} ({row['torch_min_ms']:.1f}) | "
-                     f"{row['onnxruntime_ms']:.1f} ({row['onnxruntime_min_ms']:.1f}) | {row['speedup']:.2f}x | "
+                     f"{with_kernels} | {row['onnxruntime_ms']:.1f} ({row['onnxruntime_min_ms']:.1f}) | {row['speedup']:.2f}x | "
                      f"{row['speedup_of_min']:.2f}x | {shapes}{capped} |")
     return "\n".join(lines) + "\n"
 

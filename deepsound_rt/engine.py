@@ -66,7 +66,7 @@ class EngineConfig:
     silence_threshold_db: float = -50.0
     silence_max_share: float = 0.9
     cuda_graphs: bool = False  # replay the velocity step, VAE and vocoder as CUDA graphs (CUDA only)
-    backend: str = "auto"  # per graph: tensorrt > onnxruntime > torch among those installed and exported
+    backend: str = "auto"  # per graph the best installed backend that has it (deepsound_rt.backends)
     export: Path | None = None  # a `deepsound-rt export` directory for the onnxruntime/tensorrt backends
 
 

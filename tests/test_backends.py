@@ -31,6 +31,27 @@ def test_auto_picks_the_best_backend_that_has_each_graph():
     assert choose_backends("auto", ["onnxruntime", "torch"], GRAPHS) == dict.fromkeys(GRAPHS, "torch")
 
 
+def test_auto_keeps_kernel_graphs_off_onnxruntime():
+    """Where our kernels run, the vocoder stays on torch unless TensorRT can take it; asked by name,
+    ONNX Runtime still runs it."""
+    assert choose_backends("auto", ["onnxruntime", "torch"], GRAPHS, exported=GRAPHS, kernel_graphs={"vocoder"}) == {
+        "clip_image": "onnxruntime", "flow_velocity": "onnxruntime", "vocoder": "torch"}
+    assert choose_backends("auto", ["tensorrt", "onnxruntime", "torch"], GRAPHS, exported=GRAPHS,
+                           kernel_graphs={"vocoder"})["vocoder"] == "tensorrt"
+    assert choose_backends("onnxruntime", ["onnxruntime", "torch"], GRAPHS, exported=GRAPHS,
+                           kernel_graphs={"vocoder"})["vocoder"] == "onnxruntime"
+
+
+def test_kernel_graphs_follow_the_kernels_built_and_switched_on():
+    from deepsound_rt import kernels
+    from deepsound_rt.backends import kernel_graphs_on
+
+    expected = ("vocoder",) if "cpp" in kernels.available_paths() else ()
+    assert kernel_graphs_on(torch.device("cpu")) == expected
+    with kernels.use_kernels(False):
+        assert kernel_graphs_on(torch.device("cpu")) == ()
+
+
 def test_a_named_backend_must_be_available_and_exported():
     assert choose_backends("torch", ["torch"], GRAPHS) == dict.fromkeys(GRAPHS, "torch")
     with pytest.raises(DeepSoundError, match="not available"):

@@ -203,7 +203,7 @@ def test_snakebeta_polyphase_matches_float64(batch: int, channels: int, length: 
 @pytest.mark.parametrize("taps", [2, 4, 6, 8, 16])
 @pytest.mark.parametrize("length", [1, 3, 40])
 def test_snakebeta_polyphase_other_filters(taps: int, length: int) -> None:
-    """Odd and even half-lengths put the replicated edge samples on different phases."""
+    """Other even tap counts: the phase filters and the trim of the interleaved phases follow the length."""
     generator = torch.Generator().manual_seed(taps * 100 + length)
     x = torch.randn(2, 3, length, generator=generator)
     alpha, beta = 0.3 * torch.randn(3, generator=generator), 0.3 * torch.randn(3, generator=generator)

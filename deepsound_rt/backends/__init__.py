@@ -4,7 +4,8 @@ choice of runtime per graph.
 ``torch`` runs the graph modules themselves; ``onnxruntime`` and ``tensorrt`` run an export
 directory (``deepsound-rt export``), which was made for one preset at one duration. ``auto``
 takes, per graph, the best backend that is installed and has the graph:
-tensorrt > onnxruntime > torch.
+tensorrt > onnxruntime > torch, except that graphs where our fused kernels run on the device
+(:data:`~deepsound_rt.models.graphs.KERNEL_GRAPHS`) stay on torch unless TensorRT is there.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Collection, Mapping, Sequence
 import torch
 
 from ..errors import DeepSoundError
-from ..models.graphs import GENERATOR_GRAPHS
+from ..models.graphs import GENERATOR_GRAPHS, KERNEL_GRAPHS
 from .base import Graph
 
 if TYPE_CHECKING:
@@ -38,14 +39,19 @@ def available_backends(device: torch.device | None = None) -> list[str]:
 
 
 def choose_backends(requested: str | None, available: Sequence[str], graph_names: Sequence[str],
-                    exported: Collection[str] = ()) -> dict[str, str]:
+                    exported: Collection[str] = (), kernel_graphs: Collection[str] = ()) -> dict[str, str]:
     """graph -> backend. ``None``/``"auto"``: per graph the best available backend that can run
-    it (ONNX Runtime and TensorRT only graphs in ``exported``). A named backend must be available
-    and, unless it is torch, have every graph in the export."""
+    it (ONNX Runtime and TensorRT only graphs in ``exported``); graphs in ``kernel_graphs`` (our
+    kernels run in their torch form) skip ONNX Runtime, which runs their exported form slower.
+    A named backend must be available and, unless it is torch, have every graph in the export."""
     requested = requested or AUTO
     if requested == AUTO:
-        return {name: next(b for b in BACKENDS if b in available and (b == "torch" or name in exported))
-                for name in graph_names}
+        def usable(backend: str, name: str) -> bool:
+            if backend == "torch":
+                return True
+            return name in exported and not (backend == "onnxruntime" and name in kernel_graphs)
+
+        return {name: next(b for b in BACKENDS if b in available and usable(b, name)) for name in graph_names}
     if requested not in BACKENDS:
         raise DeepSoundError(f"unknown backend '{requested}' (use {AUTO}, {', '.join(BACKENDS)})")
     if requested not in available:
@@ -59,6 +65,16 @@ def choose_backends(requested: str | None, available: Sequence[str], graph_names
             raise DeepSoundError(f"backend '{requested}' runs exported graphs and the export lacks {missing}: "
                                  "export them with `deepsound-rt export`")
     return {name: requested for name in graph_names}
+
+
+def kernel_graphs_on(device: torch.device) -> tuple[str, ...]:
+    """The graphs whose torch form runs our fused kernels on ``device`` (none when the kernels are
+    not built for it or are switched off)."""
+    from .. import kernels
+
+    if kernels.runtime_path() == "torch" or kernels.default_path(device) == "torch":
+        return ()
+    return KERNEL_GRAPHS
 
 
 def load_backend_graphs(backend: str | Mapping[str, str] | None, export_dir: str | Path | None,
@@ -83,7 +99,7 @@ def load_backend_graphs(backend: str | Mapping[str, str] | None, export_dir: str
         manifest.check_compatible(preset_name, duration_s, export_dir)
     exported = manifest.graphs if manifest is not None else {}
     choice = dict(backend) if isinstance(backend, Mapping) else choose_backends(
-        backend, available_backends(device), graph_names, exported)
+        backend, available_backends(device), graph_names, exported, kernel_graphs_on(device))
     on_torch = [name for name in graph_names if choice[name] == "torch"]
     from_export = [name for name in graph_names if choice[name] != "torch"]
     modules = models.graph_modules() if models is not None else {}

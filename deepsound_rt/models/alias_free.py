@@ -111,49 +111,31 @@ def snake_beta_antialiased_polyphase(
     *,
     logscale: bool = True,
 ) -> torch.Tensor:
-    """:func:`snake_beta_antialiased_reference` for even tap counts, written as two grouped
-    convolutions over the even and odd output phases, never interleaved.
+    """:func:`snake_beta_antialiased_reference` for even tap counts, with the 2x up-sample as one
+    grouped convolution that gives both output phases.
 
-    The 2x up-sample is a transposed convolution over a zero-stuffed signal: each phase is a
-    half-length filter (h[0::2] or h[1::2]) over the input, so one convolution with two outputs
-    per channel gives both. SnakeBeta is pointwise, so it runs on the phases as they are, and the
-    2x down-sample reads them back with g[0::2] and g[1::2]. Only the down-sample's replicate
-    padding is spelled out: the first/last up-sampled sample fills the edge positions. ONNX
-    Runtime runs this 2-3x faster than its grouped ConvTranspose and there is no zero-stuffing.
+    The up-sample is a transposed convolution over a zero-stuffed signal: each output phase is a
+    half-length filter (h[0::2] or h[1::2]) over the input, so one convolution with two outputs per
+    channel computes both, with no multiplications by the stuffed zeros. SnakeBeta is pointwise,
+    so it runs on the phases before they are interleaved. ONNX Runtime runs this about 1.5x faster
+    than the zero-stuffing form (its grouped ConvTranspose is slow), and it exports with a few ops
+    more than that form, which matters over a vocoder's 109 activations.
     """
     taps = up_filter.shape[-1]
-    if taps % 2 or down_filter.shape[-1] != taps:
-        raise ValueError(f"the polyphase form needs equal, even tap counts, got {taps} and {down_filter.shape[-1]}")
+    if taps % 2:
+        raise ValueError(f"the polyphase form needs an even tap count, got {taps}")
     batch, channels, _ = x.shape
     pad = taps // 2 - 1
-    half = taps // 2
-    up = RESAMPLE_RATIO * up_filter.float().reshape(-1)
-    down = down_filter.float().reshape(-1)
-    up_weight = torch.stack([up[0::2].flip(0), up[1::2].flip(0)]).view(2, 1, half).repeat(channels, 1, 1)
-    down_weight = torch.stack([down[0::2], down[1::2]]).view(1, 2, half).repeat(channels, 1, 1)
-
+    # (2, 1, taps/2): h[0::2] and h[1::2], each reversed (a transposed convolution's flip)
+    phase_taps = torch.tensor([list(range(taps - 2, -1, -2)), list(range(taps - 1, 0, -2))], device=x.device)
+    up_weight = (RESAMPLE_RATIO * up_filter.float().reshape(-1))[phase_taps].unsqueeze(1).repeat(channels, 1, 1)
     # phases[:, 2c + r, i] is up-sampled sample 2i + r - pad of channel c (length T + pad).
     phases = F.conv1d(F.pad(x.float(), (pad, pad), mode="replicate"), up_weight, groups=channels)
-    alpha = alpha_log.float().repeat_interleave(2)
-    beta = beta_log.float().repeat_interleave(2)
-    phases = snake_beta(phases, alpha, beta, logscale).view(batch, channels, 2, -1)
-    even, odd = phases[:, :, 0], phases[:, :, 1]
-
-    # Replicate padding of the up-sampled signal u (2T samples) on the down-sample's side:
-    # positions before u[0] take u[0], positions after u[2T - 1] take u[2T - 1].
-    first_phase, last_phase = pad % 2, (pad + 1) % 2
-    first = (even, odd)[first_phase][..., (pad - first_phase) // 2 : (pad - first_phase) // 2 + 1]
-    last_index = -((pad + 1 + last_phase) // 2)
-    last = (even, odd)[last_phase][..., last_index : last_index + 1 if last_index < -1 else None]
-    even_left, odd_left = (pad + 1) // 2, pad // 2
-    even_right, odd_right = pad // 2, (pad + 1) // 2
-    length = even.shape[-1]
-    even = torch.cat([first.expand(-1, -1, even_left), even[..., even_left : length - even_right],
-                      last.expand(-1, -1, even_right)], dim=-1)
-    odd = torch.cat([first.expand(-1, -1, odd_left), odd[..., odd_left : length - odd_right],
-                     last.expand(-1, -1, odd_right)], dim=-1)
-    padded = torch.stack([even, odd], dim=2).view(batch, 2 * channels, -1)
-    return F.conv1d(padded, down_weight, groups=channels).to(x.dtype)
+    phases = snake_beta(phases.view(batch, channels, -1), alpha_log.float(), beta_log.float(), logscale)
+    upsampled = phases.view(batch, channels, 2, -1).transpose(2, 3).reshape(batch, channels, -1)
+    if pad:
+        upsampled = upsampled[..., pad:-pad]
+    return downsample_2x(upsampled, down_filter.float().reshape(1, 1, -1)).to(x.dtype)
 
 
 class SnakeBeta(nn.Module):

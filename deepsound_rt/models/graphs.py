@@ -20,6 +20,10 @@ from .vae import VAE
 PAIRED_CONDITIONS = tuple(f"paired_{name}" for name in Conditions._fields)
 GENERATOR_GRAPHS = ("clip_image", "clip_text", "sync", "flow_conditions", "flow_velocity", "vae_decode", "vocoder")
 """The names ``GeneratorModels.graph_modules`` gives the graphs below, in pipeline order."""
+KERNEL_GRAPHS = ("vocoder",)
+"""Graphs whose torch form runs our fused kernels (the vocoder's 109 SnakeBeta activations): on a
+2-core CPU torch with the C++ kernel runs the vocoder 1.2-1.6x faster than ONNX Runtime runs its
+export (``benchmarks/results/cpu-epyc-2core/bench_backends.md``), so ``auto`` keeps it on torch."""
 
 
 @dataclass(frozen=True)
