@@ -85,11 +85,7 @@ class SyncGraph(nn.Module):
         ``encode_video_with_sync`` with every segment in one run, written out because its
         chunking (a loop over a count that varies with T) exports as sequence ops TensorRT lacks.
         """
-        synchformer = self.synchformer
-        size = synchformer.config.image_size
-        if tuple(frames.shape[2:]) != (3, size, size):
-            raise InputError(f"Synchformer frames must be (3, {size}, {size}), got {tuple(frames.shape[2:])}")
-        return synchformer(frames)
+        return self.synchformer(frames)
 
 
 class FlowConditionsGraph(nn.Module):

@@ -264,6 +264,9 @@ class Synchformer(nn.Module):
         segment (each frame lies in two segments).
         """
         config = self.config
+        size = config.image_size
+        if tuple(frames.shape[2:]) != (3, size, size):
+            raise InputError(f"Synchformer frames must be (3, {size}, {size}), got {tuple(frames.shape[2:])}")
         segments = self.segment_count(frames.shape[1])
         used = config.segment_frames + SEGMENT_STRIDE * (segments - 1)
         tubelets = self.vfeat_extractor.patch_embed_3d(frames[:, :used])  # (B, used/2, P, D)
@@ -286,11 +289,7 @@ class Synchformer(nn.Module):
         ``batch_size`` bounds how many segments run at once (all of them when ``None``); only the
         frames of the running segments are moved to the model's device and dtype.
         """
-        _, length, channels, height, width = x.shape
-        size = self.config.image_size
-        if (channels, height, width) != (3, size, size):
-            raise InputError(f"Synchformer frames must be (3, {size}, {size}), got {tuple(x.shape[2:])}")
-        segments = self.segment_count(length)
+        segments = self.segment_count(x.shape[1])
         per_run = batch_size or segments
         weight = self.vfeat_extractor.cls_token
         features = []
