@@ -1,4 +1,9 @@
-"""Shared test fixtures: where the reference goldens and manifests live."""
+"""Shared test fixtures: where the reference goldens and manifests live.
+
+Without the reference data the golden and manifest tests skip, so a checkout without
+``../shared`` still tests everything else. Under CI (``CI`` set) a missing or empty reference
+fails them instead, naming where it was looked for: CI must never pass by skipping them.
+"""
 from __future__ import annotations
 
 import json
@@ -10,29 +15,49 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def under_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def reference_candidates() -> list[Path]:
+    """``$DEEPSOUND_REFERENCE`` when set, else ``../shared/reference`` beside the checkout."""
+    if os.environ.get("DEEPSOUND_REFERENCE"):
+        return [Path(os.environ["DEEPSOUND_REFERENCE"])]
+    return [REPO.parent / "shared" / "reference"]
+
+
 def reference_root() -> Path | None:
-    """``$DEEPSOUND_REFERENCE`` or ``../shared/reference`` beside the checkout, if present."""
-    candidates = [os.environ.get("DEEPSOUND_REFERENCE"), REPO.parent / "shared" / "reference"]
-    for candidate in candidates:
-        if candidate and Path(candidate, "goldens").is_dir():
-            return Path(candidate)
+    """The first candidate whose ``goldens/`` and ``manifests/`` both hold JSON files."""
+    for candidate in reference_candidates():
+        if all(any(Path(candidate, sub).glob("*.json")) for sub in ("goldens", "manifests")):
+            return candidate
     return None
+
+
+def missing_reference(what: str) -> None:
+    """Skip the calling test, or fail it under CI, because reference data ``what`` is missing."""
+    where = ", ".join(str(path) for path in reference_candidates())
+    message = f"reference data missing: {what} (looked in {where}; set DEEPSOUND_REFERENCE)"
+    if under_ci():
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+def _reference_subdir(name: str) -> Path:
+    root = reference_root()
+    if root is None:
+        missing_reference(f"no {name}")
+    return root / name
 
 
 @pytest.fixture(scope="session")
 def goldens_dir() -> Path:
-    root = reference_root()
-    if root is None:
-        pytest.skip("reference goldens not found (set DEEPSOUND_REFERENCE)")
-    return root / "goldens"
+    return _reference_subdir("goldens")
 
 
 @pytest.fixture(scope="session")
 def manifests_dir() -> Path:
-    root = reference_root()
-    if root is None:
-        pytest.skip("reference manifests not found (set DEEPSOUND_REFERENCE)")
-    return root / "manifests"
+    return _reference_subdir("manifests")
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import missing_reference
 from deepsound_rt.errors import WeightsError
 from deepsound_rt.models.alias_free import (
     Activation1d,
@@ -27,7 +28,7 @@ from deepsound_rt.verify.golden import Golden, load_golden
 def _goldens(goldens_by_kind: dict[str, list[Path]], *kinds: str) -> list[Golden]:
     paths = [p for kind in kinds for p in goldens_by_kind.get(kind, [])]
     if not paths:
-        pytest.skip(f"no golden of kind {kinds}")
+        missing_reference(f"no golden of kind {kinds}")
     return [load_golden(p) for p in paths]
 
 

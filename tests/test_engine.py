@@ -5,6 +5,7 @@ import av
 import numpy as np
 import pytest
 import soundfile
+import torch
 
 from deepsound_rt.engine import Engine, EngineConfig
 from deepsound_rt.errors import DeepSoundError, WeightsError
@@ -36,10 +37,35 @@ def test_noise_is_deterministic_from_the_seed(engine):
     assert np.abs(first - other).max() > 1e-4
 
 
-def test_prompt_changes_the_result(engine):
-    plain = engine.generate(sample_clip_path(), duration=1.0, seed=3).waveform
-    prompted = engine.generate(sample_clip_path(), prompt="rain on a tin roof", duration=1.0, seed=3).waveform
-    assert np.abs(plain - prompted).max() > 1e-5
+class _RecordingGraph:
+    """Passes calls through to a graph and keeps a copy of every input it was given."""
+
+    def __init__(self, graph):
+        self.graph, self.name, self.backend = graph, graph.name, graph.backend
+        self.calls = []
+
+    def run(self, inputs):
+        self.calls.append({name: value.clone() for name, value in inputs.items()})
+        return self.graph.run(inputs)
+
+
+def test_prompt_conditions_the_positive_branch_and_negative_prompt_the_negative_one(engine, monkeypatch):
+    """The flow network's conditional text features are CLIP's encoding of the prompt and its
+    unconditional ones that of the negative prompt ("" when none), not the other way round."""
+    recorder = _RecordingGraph(engine.graphs["flow_conditions"])
+    monkeypatch.setitem(engine.graphs, "flow_conditions", recorder)
+    text = "rain on a tin roof"
+    prompted = engine.generate(sample_clip_path(), prompt=text, duration=1.0, seed=3).waveform
+    negated = engine.generate(sample_clip_path(), negative_prompt=text, duration=1.0, seed=3).waveform
+    clip = engine.models.clip
+    with torch.inference_mode():
+        rain, empty = clip.encode_tokens(clip.tokenize([text])), clip.encode_tokens(clip.tokenize([""]))
+    (as_prompt, as_negative) = recorder.calls
+    torch.testing.assert_close(as_prompt["text_f"], rain)
+    torch.testing.assert_close(as_prompt["negative_text_f"], empty)
+    torch.testing.assert_close(as_negative["text_f"], empty)
+    torch.testing.assert_close(as_negative["negative_text_f"], rain)
+    assert np.abs(prompted - negated).max() > 1e-5
 
 
 def test_a_video_shorter_than_asked_shortens_the_audio(engine, tmp_path):
@@ -57,10 +83,11 @@ def test_save_writes_mp4_with_video_and_audio_of_the_right_length(engine, tmp_pa
         assert len(container.streams.video) == 1 and len(container.streams.audio) == 1
         audio = container.streams.audio[0]
         assert audio.codec_context.name == "aac" and audio.rate == 44100
+        stream_seconds = float(audio.duration * audio.time_base)  # av 18: read while the container is open
         decoded = sum(frame.samples for frame in container.decode(audio))
     one_mel_frame = 512
     assert abs(decoded - 2.0 * 44100) <= one_mel_frame + 1024  # AAC pads to whole 1024-sample frames
-    assert abs(float(audio.duration * audio.time_base) - 2.0) <= one_mel_frame / 44100
+    assert abs(stream_seconds - 2.0) <= one_mel_frame / 44100
 
 
 def test_save_wav_round_trips(engine, tmp_path):

@@ -123,11 +123,21 @@ def test_shared_tubelets_equal_per_segment_embedding() -> None:
         torch.testing.assert_close(model(video), expected, atol=1e-5, rtol=1e-5)
 
 
-def test_encode_video_with_sync_shapes_for_8s_and_10s() -> None:
+@pytest.mark.parametrize(("frames", "segments"), [(200, 24), (250, 30)])
+def test_encode_video_with_sync_windows_8s_and_10s(frames: int, segments: int) -> None:
+    """8 s and 10 s at 25 fps: segment k is frames 8k .. 8k+15 alone, 8 tokens each; frames past
+    the last whole window (248 and 249 of 250) are never seen."""
     model = randomized(Synchformer(TINY_SYNC))
-    for frames, features in [(200, 192), (250, 240)]:
-        video = torch.rand(1, 1, 3, 224, 224).expand(1, frames, -1, -1, -1) * 2 - 1
-        assert model.encode_video_with_sync(video, batch_size=8).shape == (1, features, TINY_SYNC.embed_dim)
+    video = torch.rand(1, frames, 3, 224, 224, generator=torch.Generator().manual_seed(frames)) * 2 - 1
+    with torch.inference_mode():
+        features = model.encode_video_with_sync(video, batch_size=8)
+        assert features.shape == (1, 8 * segments, TINY_SYNC.embed_dim)
+        for k in (0, segments // 2, segments - 1):
+            alone = model.encode_video_with_sync(video[:, 8 * k : 8 * k + 16])
+            torch.testing.assert_close(features[:, 8 * k : 8 * k + 8], alone, atol=1e-5, rtol=0)
+        tail = video.clone()
+        tail[:, 8 * (segments - 1) + 16 :] = 0
+        torch.testing.assert_close(model.encode_video_with_sync(tail, batch_size=8), features, atol=0, rtol=0)
 
 
 def test_segments_are_windows_of_16_with_stride_8_and_batching_is_transparent() -> None:

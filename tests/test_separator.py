@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import missing_reference
 from deepsound_rt.errors import InputError, WeightsError
 from deepsound_rt.models.bs_roformer import (
     BSROFORMER_TINY,
@@ -28,7 +29,7 @@ INTERMEDIATE_ATOL = 1e-4
 
 def _goldens(goldens_by_kind: dict[str, list[Path]], kind: str) -> list[Golden]:
     if not goldens_by_kind.get(kind):
-        pytest.skip(f"no golden of kind {kind}")
+        missing_reference(f"no golden of kind {kind}")
     return [load_golden(p) for p in goldens_by_kind[kind]]
 
 
@@ -89,7 +90,7 @@ def test_manifest_matches_key_for_key(manifests_dir: Path) -> None:
     for stem, build in MANIFESTS.items():
         path = manifests_dir / f"{stem}.json"
         if not path.is_file():
-            pytest.skip(f"manifest {stem} not found")
+            missing_reference(f"manifest {stem}")
         expected = {k: tuple(v) for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
         assert build() == expected
 

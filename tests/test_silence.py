@@ -30,8 +30,18 @@ def test_levels_match_the_reference_definition():
     np.testing.assert_allclose(frame_rms_db(audio), reference_db(audio), atol=1e-4)
 
 
-def test_frame_count_is_one_plus_length_over_hop():
-    assert len(frame_rms_db(np.zeros(44100, dtype=np.float32))) == 1 + 44100 // 512
+@pytest.mark.parametrize("length", [1, 511, 512, 513, 2047, 2048, 2049, 44100])
+def test_frames_are_centred_every_hop_to_the_last_sample(length):
+    """One frame per hop, centred: 1 + length // 512 frames, frame k centred on sample 512 k. A
+    click on the last sample must show in exactly the frames whose window covers it, as in the
+    loop-by-loop reference."""
+    audio = np.full(length, 1e-4, dtype=np.float32)
+    audio[-1] = 0.9
+    levels = frame_rms_db(audio)
+    assert len(levels) == 1 + length // 512
+    np.testing.assert_allclose(levels, reference_db(audio), atol=1e-4)
+    covering = [k for k in range(len(levels)) if abs(512 * k - (length - 1)) <= 1024]
+    assert covering and levels.argmax() in covering
 
 
 @pytest.mark.parametrize(
