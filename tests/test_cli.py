@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -126,17 +127,28 @@ class Payload:
         return (print, ("arbitrary code ran",))
 
 
-@pytest.mark.parametrize("content", ["garbage", "pickle"])
-def test_unreadable_or_unsafe_checkpoint(tmp_path, good_clip, capsys, content):
+@pytest.mark.parametrize(("content", "message"), [
+    ("garbage", "not a valid checkpoint"),
+    ("random", "not a valid checkpoint"),
+    ("pickle", "not a valid checkpoint"),  # a bare pickle: torch cannot even say what it would import
+    ("torch_save", "holds code or objects other than tensors"),
+])
+def test_unreadable_or_unsafe_checkpoint(tmp_path, good_clip, capsys, content, message):
+    """Named, refused, and never with torch's advice to retry with weights_only=False."""
     weights = official_weights_dir(tmp_path / "w", "small_16k", {})
     flow_file = weights / "mmaudio_small_16k.pth"
     if content == "garbage":
         flow_file.write_bytes(b"\x00not a checkpoint" * 100)
-    else:
+    elif content == "random":
+        flow_file.write_bytes(np.random.default_rng(0).bytes(4096))
+    elif content == "pickle":
         flow_file.write_bytes(pickle.dumps({"weight": Payload()}))
+    else:
+        torch.save({"weight": Payload()}, flow_file)
     code, _, err = run_cli(capsys, "run", good_clip, "-o", tmp_path / "x.wav", "--preset", "small_16k",
                            "--weights", weights, "--no-checksum")
-    assert_user_error(code, err, "cannot read checkpoint")
+    assert_user_error(code, err, message)
+    assert str(flow_file) in err and "weights_only" not in err
     assert "arbitrary code ran" not in capsys.readouterr().out
 
 
@@ -199,3 +211,11 @@ def test_verify_without_known_goldens_is_a_user_error(tmp_path, capsys):
     (tmp_path / "g" / "x.json").write_text(json.dumps({"kind": "something_else"}))
     code, _, err = run_cli(capsys, "verify", "--goldens", tmp_path / "g", "--manifests", tmp_path)
     assert_user_error(code, err, "nothing to verify")
+
+
+@pytest.mark.parametrize("content", ['{"a.weight": [4, ', '[1, 2]', '{"a.weight": "big"}', "\xff\xfe"])
+def test_verify_refuses_a_broken_manifest_in_one_line(tmp_path, capsys, content):
+    manifest = tmp_path / "vae_16k.json"
+    manifest.write_bytes(content.encode("latin-1"))
+    code, _, err = run_cli(capsys, "verify", "--manifest", manifest)
+    assert_user_error(code, err, str(manifest))

@@ -71,9 +71,9 @@ def test_prompt_conditions_the_positive_branch_and_negative_prompt_the_negative_
 def test_a_video_shorter_than_asked_shortens_the_audio(engine, tmp_path):
     from deepsound_rt.io.sample import make_test_video
 
-    short = make_test_video(tmp_path / "short.mp4", 1.5, 25, (96, 64))
+    short = make_test_video(tmp_path / "short.mp4", 1.6, 25, (96, 64))  # 40 frames, the last shown until 1.6 s
     result = engine.generate(short, duration=8.0)
-    assert result.duration_s == 1.5 and len(result.waveform) == round(1.5 * 44100)
+    assert result.duration_s == 1.6 and len(result.waveform) == round(1.6 * 44100)
 
 
 def test_save_writes_mp4_with_video_and_audio_of_the_right_length(engine, tmp_path):
@@ -106,3 +106,12 @@ def test_bad_settings_are_user_errors():
         Engine(preset="small_16k")
     with pytest.raises(TypeError, match="unknown EngineConfig field"):
         Engine(preset="dev", temperature=1.0)
+
+
+def test_audio_covers_a_low_frame_rate_video_to_its_end(engine, tmp_path):
+    """12 fps, 3.0 s: the last frame is shown until 3.0 s, so there are 3.0 s of audio (was 2.92 s)."""
+    from deepsound_rt.io.sample import make_test_video
+
+    video = make_test_video(tmp_path / "12fps.mp4", 3.0, 12, (96, 64))
+    result = engine.generate(video)
+    assert result.duration_s == 3.0 and len(result.waveform) == 3 * 44100

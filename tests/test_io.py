@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import bisect
+import math
 from fractions import Fraction
 import os
 from pathlib import Path
@@ -16,7 +17,7 @@ from torchvision.transforms import v2
 from deepsound_rt.errors import InputError, OutputError
 from deepsound_rt.io import output as output_module
 from deepsound_rt.io import load_video, probe_video, sample_clip_path, write_output
-from deepsound_rt.io.sample import make_test_video, read_frame_index
+from deepsound_rt.io.sample import make_test_video, read_frame_index, synthetic_frame
 from deepsound_rt.io.video import CLIP_FPS, SYNC_FPS
 
 
@@ -39,13 +40,24 @@ def decoded_frames(path: Path) -> tuple[list[float], list[np.ndarray]]:
         return [frame.time for frame in frames], [frame.to_ndarray(format="rgb24") for frame in frames]
 
 
-def expected_indices(frame_times: list[float], fps: int, end_s: float) -> list[int]:
+def display_end(path: Path) -> Fraction:
+    """When the last frame's display ends: its time plus its duration, read with PyAV alone."""
+    with av.open(str(path)) as container:
+        last = list(container.decode(video=0))[-1]
+        return (last.pts + last.duration) * last.time_base
+
+
+def expected_indices(frame_times: list[float], fps: int, end_s: float, video_end: Fraction | None = None) -> list[int]:
     """MMAudio's frame selection, restated: grid slot k (at exactly k / fps) takes the first frame
-    at or after it; slots after the last frame <= end_s stay empty."""
+    at or after it; slots after the last frame <= end_s, before ``video_end`` (when given, and
+    before ``end_s``), hold the last frame."""
     usable = [Fraction(time).limit_denominator(100_000) for time in frame_times if time <= end_s]
     indices, slot = [], 0
     while Fraction(slot, fps) <= usable[-1]:
         indices.append(bisect.bisect_left(usable, Fraction(slot, fps)))
+        slot += 1
+    while video_end is not None and Fraction(slot, fps) < min(video_end, Fraction(end_s) if end_s < np.inf else video_end):
+        indices.append(len(usable) - 1)
         slot += 1
     return indices
 
@@ -77,6 +89,55 @@ def test_frame_counts_and_duration(clips, clip, requested, duration, clip_count,
     assert video.fps == 25
 
 
+VFR_TIMES = [0, 0.05, 0.15, 0.2, 0.4, 0.45, 0.8, 1.0, 1.1, 1.3, 1.55, 1.6, 2.0, 2.2, 2.25, 2.5, 2.7, 2.9]
+
+
+@pytest.mark.parametrize(("seconds", "fps", "frame_times"),
+                         [(3.0, 12, None), (3.0, 24, None), (3.0, 5, None), (5.0, 1, None), (3.0, 25, VFR_TIMES)],
+                         ids=["12fps", "24fps", "5fps", "1fps", "vfr"])
+def test_duration_is_the_whole_display_time_at_any_frame_rate(tmp_path, seconds, fps, frame_times):
+    """The video lasts until its last frame's display ends; the grids cover all of it (once 12 fps
+    3.0 s gave 2.92 s, 1 fps 5.0 s gave 4.04 s: slots after the last frame were dropped)."""
+    path = make_test_video(tmp_path / "clip.mp4", seconds, fps, (96, 64), frame_times=frame_times)
+    end = display_end(path)
+    if frame_times is None:
+        assert end == Fraction(seconds)
+    video = load_video(path, None)
+    assert video.duration_s == float(end)
+    assert len(video.clip_frames) == math.floor(CLIP_FPS * end)
+    assert len(video.sync_frames) == math.floor(SYNC_FPS * end)
+    frame_times_read, _ = decoded_frames(path)
+    assert frame_indices(video.sync_frames) == expected_indices(frame_times_read, SYNC_FPS, np.inf, end)[: len(video.sync_frames)]
+    assert load_video(path, 1.0).duration_s == 1.0  # a shorter request still cuts
+
+
+def test_a_truncated_file_warns_with_both_lengths(tmp_path, caplog):
+    """An mp4 with its index in front (+faststart), cut in half: what decodes is used, and the
+    user is told that the container claimed more."""
+    whole = tmp_path / "whole.mp4"
+    with av.open(str(whole), "w", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        for index in range(200):
+            frame = av.VideoFrame.from_ndarray(synthetic_frame(index, 96, 64), format="rgb24")
+            frame.pts = index
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    cut = tmp_path / "cut.mp4"
+    data = whole.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    with caplog.at_level("WARNING", logger="deepsound_rt.io.video"):
+        video = load_video(cut, None)
+    assert 1.0 < video.duration_s < 7.0
+    (record,) = [r for r in caplog.records if "truncated" in r.getMessage()]
+    assert "8.00 s" in record.getMessage() and f"{video.duration_s:.2f} s" in record.getMessage()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="deepsound_rt.io.video"):
+        load_video(whole, None)
+        load_video(cut, 1.0)  # nothing missing from what was asked
+    assert not caplog.records
+
+
 def test_short_clip_truncates_duration(clips):
     video = load_video(clips["3s"], 8.0)
     assert video.duration_s == pytest.approx(3.0)
@@ -101,13 +162,17 @@ def test_probe_reads_headers(clips):
 def test_low_fps_source_repeats_frames_by_the_time_rule(clips):
     video = load_video(clips["5fps"], None)
     frame_times, _ = decoded_frames(clips["5fps"])
-    sync_expected = expected_indices(frame_times, SYNC_FPS, end_s=np.inf)[: len(video.sync_frames)]
-    clip_expected = expected_indices(frame_times, CLIP_FPS, end_s=np.inf)[: len(video.clip_frames)]
+    end = display_end(clips["5fps"])
+    sync_expected = expected_indices(frame_times, SYNC_FPS, end_s=np.inf, video_end=end)
+    clip_expected = expected_indices(frame_times, CLIP_FPS, end_s=np.inf, video_end=end)
+    assert len(video.sync_frames) == len(sync_expected) == 100 and len(video.clip_frames) == len(clip_expected) == 32
     assert frame_indices(video.sync_frames) == sync_expected
     assert frame_indices(video.clip_frames) == clip_expected
     # Each 5 fps frame covers exactly five 25 fps slots.
     assert sync_expected[:11] == [0, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2]
     assert set(np.bincount(sync_expected)[1:-1]) == {5}
+    # The last frame (3.8 s) takes its five slots up to its time, then holds the four after it up to 4.0 s.
+    assert np.bincount(sync_expected)[-1] == 9
     # A repeated frame is the very same converted picture.
     assert torch.equal(video.sync_frames[1], video.sync_frames[5])
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 from pathlib import Path
+from typing import Sequence
 
 import av
 import numpy as np
@@ -21,6 +22,8 @@ INDEX_BITS = 10
 _INDEX_BAND_SHARE = 0.4
 """Part of the picture height, from the top, that holds the index bands."""
 _BLACK, _WHITE, _BACKGROUND = 16, 235, 60
+VFR_TIMESCALE = 1000
+"""Ticks per second of variable-frame-rate test clips."""
 
 
 def sample_clip_path() -> Path:
@@ -46,26 +49,30 @@ def make_test_video(
     size: tuple[int, int],
     codec: str = "libx264",
     with_audio: bool = False,
+    frame_times: Sequence[float] | None = None,
 ) -> Path:
     """Write a clip of ``round(seconds * fps)`` synthetic frames of ``size`` = (width, height).
 
     ``with_audio`` adds a quiet 440 Hz AAC track, so callers can check that audio in the source
-    is detected or dropped.
+    is detected or dropped. ``frame_times`` (seconds, increasing) makes a variable-frame-rate clip
+    with one frame at each time instead (``fps`` then only sets the encoder's nominal rate).
     """
     path = Path(path)
     width, height = size
-    frame_count = round(seconds * fps)
+    frame_count = round(seconds * fps) if frame_times is None else len(frame_times)
     with av.open(str(path), "w") as container:
         video = container.add_stream(codec, rate=Fraction(fps))
         video.width, video.height = width, height
         video.pix_fmt = "yuv420p"
+        if frame_times is not None:
+            video.codec_context.time_base = Fraction(1, VFR_TIMESCALE)
         if codec in ("libx264", "h264"):
             video.options = {"crf": "20", "preset": "medium"}
         tone = _add_tone(container, frame_count / fps) if with_audio else None
         container.start_encoding()  # so that even zero frames give a valid (empty) file
         for index in range(frame_count):
             frame = av.VideoFrame.from_ndarray(synthetic_frame(index, width, height), format="rgb24")
-            frame.pts = index
+            frame.pts = index if frame_times is None else round(frame_times[index] * VFR_TIMESCALE)
             container.mux(video.encode(frame))
         container.mux(video.encode())
         if tone is not None:

@@ -13,6 +13,7 @@ frame times are exact fractions (pts x time base), so that video gives the 8.00 
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections import deque
@@ -30,6 +31,8 @@ from torchvision.transforms.v2 import functional as TF
 
 from deepsound_rt.errors import InputError
 
+log = logging.getLogger(__name__)
+
 CLIP_FPS = 8
 SYNC_FPS = 25
 CLIP_SIZE = 384
@@ -38,6 +41,8 @@ SYNC_SEGMENT_FRAMES = 16
 MIN_DURATION_S = SYNC_SEGMENT_FRAMES / SYNC_FPS
 """Synchformer needs at least one 16-frame segment at 25 fps: 0.64 s."""
 DEFAULT_DURATION_S = 8.0
+TRUNCATION_SLACK_S = Fraction(1, 10)
+"""How much less video than its container claims a file may decode to before we warn."""
 
 
 @dataclass
@@ -117,22 +122,32 @@ class _TimeGridSampler:
     """Resamples decoded frames onto a ``fps`` time grid the MMAudio way: each grid slot takes
     the first frame whose time is at or after it. A slower source thus has each frame repeated
     over the slots since the previous frame (shown up to one source interval early, not held
-    after), and a faster one has frames skipped."""
+    after), and a faster one has frames skipped. Slots after the last frame, up to the end of its
+    display, hold that frame (:meth:`hold`)."""
 
     fps: int
     transform: Callable[[torch.Tensor], torch.Tensor]
     frames: list[tuple[Future, int]] = field(default_factory=list)
     """Per grid slot: the conversion job of its frame, and this sampler's place in its results."""
+    source_time: Fraction | None = None
+    """Time of the source frame the last slot took."""
 
     @property
     def next_time(self) -> Fraction:
         return Fraction(len(self.frames), self.fps)
 
-    def wants(self, time: Fraction) -> bool:
-        return time >= self.next_time
+    def wants(self, time: Fraction, until: Fraction | float) -> bool:
+        return self.next_time <= time and self.next_time < until
 
-    def add(self, time: Fraction, converted: Future, index: int) -> None:
-        while time >= self.next_time:
+    def add(self, time: Fraction, converted: Future, index: int, until: Fraction | float) -> None:
+        """Give the frame at ``time`` to every open slot at or before it, up to (not at) ``until``."""
+        while self.wants(time, until):
+            self.frames.append((converted, index))
+        self.source_time = time
+
+    def hold(self, converted: Future, index: int, until: Fraction | float) -> None:
+        """Repeat a frame over the remaining slots before ``until``."""
+        while self.next_time < until:
             self.frames.append((converted, index))
 
     def stacked(self, count: int) -> torch.Tensor:
@@ -142,43 +157,57 @@ class _TimeGridSampler:
 def load_video(path: str | Path, duration_s: float | None = DEFAULT_DURATION_S) -> VideoClip:
     """Decode the first ``duration_s`` seconds (None: the whole video) into CLIP and sync frames.
 
-    The duration shrinks to what the video holds, as in MMAudio; anything shorter than
-    ``MIN_DURATION_S`` is refused, since the sync model cannot see a single segment.
+    The duration shrinks to what the video holds, as in MMAudio, where a video ends when its last
+    frame's display ends (its time plus its duration), whatever the frame rate: grid slots after
+    the last frame hold it. Anything shorter than ``MIN_DURATION_S`` is refused, since the sync
+    model cannot see a single segment. A file that decodes to less than its container claims
+    (truncated) is used for what decodes, with a warning that says both lengths.
     """
     path = Path(path)
     if duration_s is not None and not duration_s > 0:
         raise InputError(f"{path}: requested duration must be positive, got {duration_s}")
     if duration_s is not None and duration_s < MIN_DURATION_S:
         raise InputError(f"{path}: requested duration {duration_s} s is below the minimum {MIN_DURATION_S} s")
-    end_s = math.inf if duration_s is None else duration_s
+    end: Fraction | float = math.inf if duration_s is None else Fraction(duration_s)
     clip = _TimeGridSampler(CLIP_FPS, clip_transform)
     sync = _TimeGridSampler(SYNC_FPS, sync_transform)
+    samplers = (clip, sync)
     width = height = 0
+    last: _LastFrame | None = None
     with open_media(path) as container, _ConvertPool() as pool:
         stream = first_video_stream(container, path)
         stream.thread_type = "AUTO"
         fps = stream.guessed_rate or stream.average_rate
         has_audio = bool(container.streams.audio)
+        video_end: Fraction | float = math.inf  # until the last frame is known
         for frame in _decode(container, stream, path):
             if frame.pts is None or frame.time_base is None:
                 raise InputError(f"{path}: video frames carry no timestamps; remux it into .mp4 first")
             time = frame.pts * frame.time_base  # exact, unlike the float frame.time
-            if time > end_s:
-                break
-            wanting = [sampler for sampler in (clip, sync) if time >= 0 and sampler.wants(time)]
+            if time < 0:
+                continue
+            width, height = frame.width, frame.height
+            wanting = [sampler for sampler in samplers if sampler.wants(time, end)]
             if wanting:
-                width, height = frame.width, frame.height
                 converted = pool.submit(frame, [sampler.transform for sampler in wanting])
                 for index, sampler in enumerate(wanting):
-                    sampler.add(time, converted, index)
+                    sampler.add(time, converted, index, end)
+            if time >= end:  # every slot before ``end`` is taken
+                break
+            last = _LastFrame(frame, time, last.time if last is not None else None)
+        else:
+            if last is not None:
+                video_end = last.time + last.display_seconds(fps)
+                _hold_last_frame(last, samplers, min(end, video_end), pool)
+                _warn_if_truncated(path, container, stream, video_end, end)
         if not sync.frames:
             raise InputError(f"{path}: no decodable video frames")
-        duration_s = min(end_s, len(clip.frames) / CLIP_FPS, len(sync.frames) / SYNC_FPS)
-        clip_count, sync_count = int(CLIP_FPS * duration_s), int(SYNC_FPS * duration_s)
+        duration = min(end, video_end)
+        clip_count, sync_count = math.floor(CLIP_FPS * duration), math.floor(SYNC_FPS * duration)
         if sync_count < SYNC_SEGMENT_FRAMES:
-            raise InputError(f"{path}: video is only {duration_s:.2f} s long; at least {MIN_DURATION_S} s is needed")
+            raise InputError(f"{path}: video is only {float(duration):.2f} s long; at least {MIN_DURATION_S} s is needed")
         return VideoClip(
-            duration_s=duration_s,
+            duration_s=float(duration),
             fps=fps,
             clip_frames=clip.stacked(clip_count),
             sync_frames=sync.stacked(sync_count),
@@ -186,6 +215,55 @@ def load_video(path: str | Path, duration_s: float | None = DEFAULT_DURATION_S) 
             height=height,
             has_audio=has_audio,
         )
+
+
+@dataclass
+class _LastFrame:
+    """The latest decoded frame, kept so that the slots after it can hold it."""
+
+    frame: av.VideoFrame
+    time: Fraction
+    previous_time: Fraction | None
+
+    def display_seconds(self, fps: Fraction | None) -> Fraction:
+        """How long the frame is shown: its own duration, else the gap before it, else 1/fps."""
+        if self.frame.duration:
+            return self.frame.duration * self.frame.time_base
+        if self.previous_time is not None and self.time > self.previous_time:
+            return self.time - self.previous_time
+        return 1 / Fraction(fps or SYNC_FPS)
+
+
+def _hold_last_frame(last: _LastFrame, samplers: tuple[_TimeGridSampler, ...], until: Fraction | float,
+                     pool: _ConvertPool) -> None:
+    """Fill every sampler's slots up to ``until`` with the last frame (converted once more for
+    the samplers whose last slot took an earlier frame)."""
+    short = [sampler for sampler in samplers if sampler.next_time < until]
+    converting = [sampler for sampler in short if sampler.source_time != last.time]
+    converted = pool.submit(last.frame, [sampler.transform for sampler in converting]) if converting else None
+    for sampler in short:
+        if sampler in converting:
+            sampler.hold(converted, converting.index(sampler), until)
+        else:
+            sampler.hold(*sampler.frames[-1], until)
+
+
+def _warn_if_truncated(path: Path, container: av.container.InputContainer, stream: av.video.stream.VideoStream,
+                       decoded_end: Fraction, wanted_end: Fraction | float) -> None:
+    """A container that claims more video than decodes (a cut-off download, say) is worth a word."""
+    claimed = _claimed_seconds(container, stream)
+    if claimed is not None and claimed > decoded_end + TRUNCATION_SLACK_S and wanted_end > decoded_end:
+        log.warning("%s: the container says %.2f s but only %.2f s of video decode (truncated?); "
+                    "audio is made for the %.2f s that decode", path, float(claimed), float(decoded_end),
+                    float(decoded_end))
+
+
+def _claimed_seconds(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> Fraction | None:
+    if stream.duration is not None and stream.time_base is not None:
+        return stream.duration * stream.time_base
+    if container.duration is not None:
+        return Fraction(container.duration, av.time_base)
+    return None
 
 
 def probe_video(path: str | Path) -> VideoProbe:

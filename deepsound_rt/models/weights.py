@@ -1,6 +1,7 @@
 """Checkpoint loading that never unpickles arbitrary objects and fails loudly on key mismatches."""
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -10,6 +11,8 @@ from torch import nn
 from ..errors import WeightsError
 
 _SAFETENSORS_SUFFIXES = {".safetensors"}
+BLOCKED_GLOBAL = "GLOBAL"
+"""What torch's weights-only unpickler names when a file asks to import something (code)."""
 
 
 def load_state_file(path: str | Path) -> dict[str, torch.Tensor | object]:
@@ -25,15 +28,33 @@ def load_state_file(path: str | Path) -> dict[str, torch.Tensor | object]:
             from safetensors.torch import load_file
 
             return dict(load_file(str(path), device="cpu"))
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        state = _torch_load_weights_only(path)
     except WeightsError:
         raise
-    except Exception as exc:  # corrupt zip, pickle with forbidden globals, truncated file ...
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"cannot read checkpoint {path}: {reason}") from None
+    except pickle.UnpicklingError as exc:
+        if BLOCKED_GLOBAL not in str(exc):
+            raise WeightsError(f"{path}: not a valid checkpoint (unreadable, truncated, or a pickle of more "
+                               "than tensors); refused") from None
+        # torch's own text would suggest weights_only=False, which is exactly the unsafe path.
+        raise WeightsError(f"{path}: refused: the checkpoint holds code or objects other than tensors, "
+                           "so it was not loaded") from None
+    except Exception:  # random bytes, a truncated or corrupt zip ...
+        raise WeightsError(f"{path}: not a valid checkpoint (neither a PyTorch nor a safetensors file, or "
+                           "truncated)") from None
     if not isinstance(state, Mapping):
         raise WeightsError(f"checkpoint {path} holds a {type(state).__name__}, not a state dict")
     return dict(state)
+
+
+def _torch_load_weights_only(path: Path) -> object:
+    """``torch.load(weights_only=True)``, memory-mapped when the file is in the zip format (every
+    current checkpoint); legacy-format files cannot be mapped and are read whole."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as exc:
+        if "mmap" not in str(exc):
+            raise
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def pick_sub_state(state: Mapping, key: str, path: str | Path) -> dict[str, torch.Tensor]:

@@ -14,6 +14,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from ..errors import DeepSoundError
 from .golden import Golden, load_golden
 
 # module providing RUNNERS (kind -> runner) and MANIFESTS (manifest stem -> shapes builder)
@@ -165,7 +166,7 @@ def check_manifest(path: Path) -> ManifestReport:
     """Compare a manifest's {key: shape} with our full-size definition, key for key."""
     path = Path(path)
     builders = manifest_builders()
-    expected = {k: tuple(v) for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
+    expected = _read_manifest(path)
     if path.stem not in builders:
         return ManifestReport(path.stem, [], [], [], len(expected), error="no definition for this manifest")
     ours = builders[path.stem]()
@@ -176,3 +177,19 @@ def check_manifest(path: Path) -> ManifestReport:
         wrong_shape=sorted(f"{k}: ours {ours[k]} vs {expected[k]}" for k in expected if k in ours and ours[k] != expected[k]),
         num_keys=len(expected),
     )
+
+
+def _read_manifest(path: Path) -> dict[str, tuple[int, ...]]:
+    """{checkpoint key: shape} from a manifest file; anything else is the user's file to fix."""
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise DeepSoundError(f"manifest {path}: cannot read it ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise DeepSoundError(f"manifest {path}: not a text file") from None
+    except json.JSONDecodeError as exc:
+        raise DeepSoundError(f"manifest {path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+    shapes = {k: v for k, v in data.items() if not k.startswith("_")} if isinstance(data, dict) else None
+    if not shapes or not all(isinstance(v, list) and all(isinstance(d, int) for d in v) for v in shapes.values()):
+        raise DeepSoundError(f"manifest {path}: expected a JSON object of checkpoint keys to shapes (lists of ints)")
+    return {k: tuple(v) for k, v in shapes.items()}
