@@ -15,7 +15,7 @@ STAGES = ["video decode", "clip", "synchformer", "text", "conditions", "sampling
 
 @pytest.fixture(scope="module")
 def engine() -> Engine:
-    return Engine(EngineConfig(preset="dev", steps=4))
+    return Engine(EngineConfig(preset="dev", num_steps=4))
 
 
 def test_generate_gives_the_requested_duration_at_the_preset_rate(engine):
@@ -73,9 +73,11 @@ def test_save_wav_round_trips(engine, tmp_path):
 def test_bad_settings_are_user_errors():
     with pytest.raises(DeepSoundError, match="unknown preset"):
         Engine(preset="huge")
-    with pytest.raises(DeepSoundError, match="steps"):
-        Engine(preset="dev", steps=0)
+    with pytest.raises(DeepSoundError, match="num_steps"):
+        Engine(preset="dev", num_steps=0)
     with pytest.raises(WeightsError, match="needs --weights"):
         Engine(preset="small_16k")
-    with pytest.raises(TypeError, match="unknown EngineConfig field"):
+    with pytest.raises(WeightsError, match="no official weights"):
+        Engine(preset="dev", weights_source="official")
+    with pytest.raises(DeepSoundError, match="unknown EngineConfig field temperature"):
         Engine(preset="dev", temperature=1.0)

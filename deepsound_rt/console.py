@@ -1,7 +1,8 @@
-"""Console rendering: a live progress bar while the Engine works, then a per-stage timing table."""
+"""The CLI's rendering with rich: a live progress bar per stage while the Engine works, each
+DeepSound step as it finishes, then the step and per-stage timing tables. The only module that
+imports rich, so the SDK can be embedded without a terminal library."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from rich.console import Console
@@ -9,17 +10,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from .engine import DeepSoundResult, StepEvent
+    from .events import ProgressEvent, StepEvent
+    from .results import DeepSoundResult
     from .timing import Timings
-
-
-@dataclass(frozen=True)
-class ProgressEvent:
-    """The Engine reports ``completed`` of ``total`` units of work in ``stage``."""
-
-    stage: str
-    completed: int
-    total: int
 
 
 class ConsoleProgress:
@@ -44,7 +37,7 @@ class ConsoleProgress:
             record = event.record
             self._progress.console.print(f"[bold]{record.step}[/]: {record.decision} ({record.seconds:.2f} s)")
 
-    def __call__(self, event: ProgressEvent) -> None:
+    def __call__(self, event: "ProgressEvent") -> None:
         task = self._tasks.get(event.stage)
         if task is None:
             task = self._tasks[event.stage] = self._progress.add_task(event.stage, total=event.total)
