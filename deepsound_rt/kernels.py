@@ -21,7 +21,6 @@ try:
 except ImportError:  # not built: the models run their torch references
     _kernels = None
 
-KERNEL_PATHS = ("cpp", "cuda")
 _KERNEL_DTYPES = {torch.float32: ("float32", 0), torch.float16: ("float16", 1), torch.bfloat16: ("bfloat16", 2)}
 _probed: tuple[object, tuple[str, ...]] | None = None  # (the extension module probed, its paths)
 

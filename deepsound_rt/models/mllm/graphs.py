@@ -92,7 +92,6 @@ class MllmDecoderGraph(nn.Module):
 
     def __init__(self, model: VideoLLaMA2AV):
         super().__init__()
-        config = model.config.llm
         language_model = model.model
         self.layers = language_model.layers
         self.norm = language_model.norm
