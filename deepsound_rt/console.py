@@ -1,11 +1,13 @@
 """The CLI's rendering with rich: a live progress bar per stage while the Engine works, each
-DeepSound step as it finishes, then the step and per-stage timing tables. The only module that
-imports rich, so the SDK can be embedded without a terminal library."""
+DeepSound step as it finishes, the step and per-stage timing tables, and the console verify's
+reports print on. The only module that imports rich, so the SDK can be embedded without a
+terminal library."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -13,6 +15,14 @@ if TYPE_CHECKING:
     from .events import ProgressEvent, StepEvent
     from .results import DeepSoundResult
     from .timing import Timings
+
+
+__all__ = ["ConsoleProgress", "escape", "print_steps", "print_timings", "report_console"]
+
+
+def report_console() -> Console:
+    """Where verify prints: PASS/FAIL markup, no automatic highlighting, lines never cut."""
+    return Console(soft_wrap=True, highlight=False)
 
 
 class ConsoleProgress:

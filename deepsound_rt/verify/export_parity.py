@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from rich.console import Console
-from rich.markup import escape
 
 from ..backends import GraphLoader
 from ..config import PRESETS
+from ..console import escape, report_console
 from ..export.manifest import ExportError, ExportManifest, weights_fingerprint
 from ..models.spec import ExportContext, Outputs, graph_specs
 from ..weights_dir import WeightsSource
@@ -98,8 +97,8 @@ def _compare(name: str, on_torch: Outputs, on_graph: Outputs, atol: float, rtol:
     return GraphParity(name, errors[worst], tolerances[worst], errors, shapes, torch_s, ort_s)
 
 
-def print_parity(reports: Sequence[GraphParity], console: Console | None = None) -> None:
-    console = console or Console(soft_wrap=True, highlight=False)
+def print_parity(reports: Sequence[GraphParity]) -> None:
+    console = report_console()
     for report in reports:
         verdict = "[green]PASS[/]" if report.passed else "[red]FAIL[/]"
         if report.error:
