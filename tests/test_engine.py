@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import soundfile
 
+from deepsound_rt import kernels
 from deepsound_rt.engine import Engine, EngineConfig
 from deepsound_rt.errors import DeepSoundError, WeightsError
 from deepsound_rt.io.sample import sample_clip_path
+from deepsound_rt.models.alias_free import Activation1d
 
 STAGES = ["video decode", "clip", "synchformer", "text", "conditions", "sampling", "vae", "vocoder"]
 
@@ -81,3 +83,17 @@ def test_bad_settings_are_user_errors():
         Engine(preset="dev", weights_source="official")
     with pytest.raises(DeepSoundError, match="unknown EngineConfig field temperature"):
         Engine(preset="dev", temperature=1.0)
+
+
+@pytest.mark.skipif(kernels.path_for("cpu") is None, reason="deepsound_rt._kernels is not built")
+def test_two_engines_in_one_process_choose_their_kernels():
+    """The kernels setting is handed to the modules at construction: one Engine runs our kernels,
+    the other torch ops, side by side, and both give the same audio."""
+    on, off = (Engine(EngineConfig(preset="dev", num_steps=2, kernels=setting)) for setting in ("on", "off"))
+    for engine, expected in ((on, True), (off, False)):
+        flags = {m.use_kernels for m in engine.models.vocoder.modules() if isinstance(m, Activation1d)}
+        assert flags == {expected}
+        assert engine.separator.model.kernel_transform is expected and engine.reasoner.use_kernels is expected
+    with_kernels = on.generate(sample_clip_path(), duration=1.0, seed=5).waveform
+    without = off.generate(sample_clip_path(), duration=1.0, seed=5).waveform
+    np.testing.assert_allclose(with_kernels, without, atol=1e-4, rtol=0)
