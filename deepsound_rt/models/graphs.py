@@ -24,6 +24,7 @@ PROMPTS = ("waves crashing on rocks", "")
 
 
 class ClipImageGraph(nn.Module):
+    """CLIP's image tower over a clip's 8 fps frames."""
 
     def __init__(self, clip: ClipEncoder):
         super().__init__()
@@ -41,6 +42,7 @@ class ClipImageGraph(nn.Module):
 
 
 class ClipTextGraph(nn.Module):
+    """CLIP's text tower, every token position (MMAudio's patched open_clip)."""
 
     def __init__(self, clip: ClipEncoder):
         super().__init__()
@@ -52,6 +54,7 @@ class ClipTextGraph(nn.Module):
 
 
 class SyncGraph(nn.Module):
+    """Synchformer over a clip's 25 fps frames."""
 
     def __init__(self, synchformer: Synchformer):
         super().__init__()
@@ -116,6 +119,7 @@ class VaeDecodeGraph(nn.Module):
 
 
 class VocoderGraph(nn.Module):
+    """BigVGAN: mel -> waveform."""
 
     def __init__(self, vocoder: BigVGAN):
         super().__init__()
