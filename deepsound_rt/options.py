@@ -150,6 +150,9 @@ def with_overrides(base, overrides: dict[str, Any]):
     if unknown:
         raise DeepSoundError(f"unknown {type(base).__name__} field {', '.join(unknown)} "
                              f"(fields: {', '.join(sorted(names))})")
+    if isinstance(base, EngineConfig) and "preset" in overrides and "weights_source" not in overrides \
+            and base.weights_source is resolve_weights_source(base.preset, "auto"):
+        overrides = {**overrides, "weights_source": "auto"}  # an automatic source follows the new preset
     return replace(base, **overrides) if overrides else base
 
 

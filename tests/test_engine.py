@@ -72,6 +72,27 @@ def test_save_wav_round_trips(engine, tmp_path):
     np.testing.assert_array_equal(samples, result.waveform)
 
 
+def test_options_are_validated_once_with_the_allowed_values_named():
+    from deepsound_rt.options import RunOptions, with_overrides
+    from deepsound_rt.weights_dir import WeightsSource
+
+    assert EngineConfig(preset="dev").weights_source is WeightsSource.TINY_RANDOM
+    assert EngineConfig().weights_source is WeightsSource.OFFICIAL
+    assert with_overrides(EngineConfig(), {"preset": "dev"}).weights_source is WeightsSource.TINY_RANDOM
+    assert with_overrides(EngineConfig(weights_source="full-random"), {"preset": "dev"}).weights_source \
+        is WeightsSource.FULL_RANDOM
+    for bad, allowed in [({"seed": -1}, "2\\*\\*63"), ({"seed": True}, "integer"), ({"duration": 0.0}, "> 0"),
+                         ({"duration": float("nan")}, "finite"), ({"mode": "s5"}, "s4, s3, gen"),
+                         ({"judge": "llm"}, "auto, cot, qa, vad, always"), ({"prompt": 3}, "string")]:
+        with pytest.raises(DeepSoundError, match=allowed):
+            RunOptions(**bad)
+    for bad, allowed in [({"kernels": "fast"}, "auto, on, off"), ({"vad_min_speech_share": 1.5}, r"\[0, 1\]"),
+                         ({"device": "gpu"}, "cuda:N"), ({"cfg_strength": float("inf")}, "finite"),
+                         ({"weights_source": "mine"}, "tiny-random")]:
+        with pytest.raises(DeepSoundError, match=allowed):
+            EngineConfig(**bad)
+
+
 def test_bad_settings_are_user_errors():
     with pytest.raises(DeepSoundError, match="unknown preset"):
         Engine(preset="huge")
