@@ -1,6 +1,6 @@
 """Package build. The optional ``deepsound_rt._kernels`` extension is built by CMake (kernels/);
 when CMake, pybind11 or a compiler is missing, or DEEPSOUND_RT_NO_KERNELS=1, the package installs
-without it and the runtime uses its torch fallbacks."""
+without it and the models run their torch ops."""
 from __future__ import annotations
 
 import os
@@ -48,7 +48,7 @@ class CMakeBuild(build_ext):
             jobs = str(os.cpu_count() or 2)
             subprocess.run(["cmake", "--build", ".", "--parallel", jobs], cwd=build_dir, check=True)
         except (ImportError, OSError, subprocess.CalledProcessError) as exc:
-            print(f"deepsound_rt: kernels extension not built ({exc}); torch fallbacks will be used")
+            print(f"deepsound_rt: kernels extension not built ({exc}); the models will run torch ops")
             return False
         return Path(self.get_ext_fullpath(ext.name)).exists()
 
@@ -72,6 +72,7 @@ setup(
         "jinja2>=3.1,<4",
         "pillow>=10,<14",
         "safetensors>=0.4,<1",
+        "soxr>=1.0,<2",
         "av>=14,<19",
         "soundfile>=0.12,<1",
         "numpy>=1.26,<3",

@@ -30,6 +30,7 @@ import torch
 
 from deepsound_rt import kernels
 from deepsound_rt.engine import Engine, EngineConfig
+from deepsound_rt.options import default_of
 from deepsound_rt.io.sample import make_test_video
 from deepsound_rt.models.mllm.audio_input import audio_features
 from deepsound_rt.models.mllm.decoding import new_cache
@@ -103,7 +104,7 @@ def _reasoning_stages(engine: Engine, video: Path, audio: np.ndarray, duration: 
 
     def encoders():
         pixels = video_pixels(video, model.config.num_frames, duration).to(device, reasoner.dtype)
-        fbank = audio_features(to_16k_mono(audio, engine.sample_rate)).to(device)
+        fbank = audio_features(to_16k_mono(audio, engine.sample_rate).to(device), engine.use_kernels).to(device)
         return [model.encode_video(pixels), model.encode_audio(fbank)]
 
     with torch.inference_mode():
@@ -132,26 +133,26 @@ def measure(variant: Variant, args: argparse.Namespace, video: Path) -> dict:
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    with kernels.use_kernels(variant.kernels):
-        started = time.perf_counter()
-        engine = Engine(EngineConfig(preset=args.preset, weights=args.weights, device=args.device,
-                                     dtype=variant.dtype, steps=args.steps, random_weights=args.random_weights,
-                                     cuda_graphs=variant.cuda_graphs, backend=variant.backend,
-                                     export=args.export if variant.backend != "torch" else None))
-        reasoning = args.pipeline and engine.has_planner
-        if reasoning:  # build the lazily loaded step-0/2/3 models outside the timings
-            for model in ("reasoner", "separator", "detector"):
-                getattr(engine, model)
-        load_seconds = time.perf_counter() - started
-        measurement = Measurement()
-        for run in range(args.warmup + args.runs):
-            generated = engine.generate(video, duration=args.duration, seed=run)
-            stages = dict(generated.timings.as_dict())
-            if reasoning:
-                stages |= _reasoning_stages(engine, video, generated.waveform, generated.duration_s)
-            if run >= args.warmup:
-                for stage, seconds in stages.items():
-                    measurement.add(stage, seconds)
+    started = time.perf_counter()
+    engine = Engine(EngineConfig(preset=args.preset, weights=args.weights, device=args.device,
+                                 weights_source="full-random" if args.random_weights else "auto",
+                                 dtype=variant.dtype, num_steps=args.num_steps, cuda_graphs=variant.cuda_graphs,
+                                 backend=variant.backend, export=args.export if variant.backend != "torch" else None,
+                                 kernels="on" if variant.kernels else "off"))
+    reasoning = args.pipeline and engine.has_planner
+    if reasoning:  # build the lazily loaded step-0/2/3 models outside the timings
+        for model in ("reasoner", "separator", "detector"):
+            getattr(engine, model)
+    load_seconds = time.perf_counter() - started
+    measurement = Measurement()
+    for run in range(args.warmup + args.runs):
+        generated = engine.generate(video, duration=args.duration, seed=run)
+        stages = dict(generated.timings.as_dict())
+        if reasoning:
+            stages |= _reasoning_stages(engine, video, generated.waveform, generated.duration_s)
+        if run >= args.warmup:
+            for stage, seconds in stages.items():
+                measurement.add(stage, seconds)
     totals = [sum(values[i] for values in measurement.stages.values()) for i in range(args.runs)]
     result = {
         "variant": variant.__dict__,
@@ -286,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--random-weights", action="store_true", help="full-size networks, random weights")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--duration", type=float, default=8.0, help="seconds of audio per run")
-    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--num-steps", "--steps", dest="num_steps", type=int, default=default_of(EngineConfig, "num_steps"))
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--no-pipeline", dest="pipeline", action="store_false",
@@ -302,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.quick:
-        args.duration, args.steps, args.warmup, args.runs = 2.0, 2, 0, 1
+        args.duration, args.num_steps, args.warmup, args.runs = 2.0, 2, 0, 1
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(args.device)

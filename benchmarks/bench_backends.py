@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import statistics
@@ -27,8 +28,9 @@ from deepsound_rt import kernels
 from deepsound_rt.backends.onnxruntime_backend import OnnxRuntimeBackend, default_threads
 from deepsound_rt.config import PRESETS
 from deepsound_rt.export import ExportError, ExportManifest, export_preset
-from deepsound_rt.export.registry import GENERATOR_GRAPHS, GRAPH_SPECS, ExportContext
-from deepsound_rt.models.alias_free import Activation1d
+from deepsound_rt.models.graphs import GENERATOR_GRAPHS, GENERATOR_SPECS
+from deepsound_rt.models.spec import ExportContext
+from deepsound_rt.weights_dir import WeightsSource
 
 # Axis caps for full-size presets: the shapes stay real per frame/token, the counts shrink.
 FULL_SIZE_CAPS = {"clip_frames": 2, "sync_frames": 24, "mel_frames": 64}
@@ -53,8 +55,23 @@ def ensure_export(preset: str, duration: float, root: Path) -> Path:
         ExportManifest.load(directory).check_compatible(preset, duration)
         return directory
     except ExportError:
-        export_preset(preset, directory, duration_s=duration, random_weights=True, graphs=GENERATOR_GRAPHS)
+        export_preset(preset, directory, duration_s=duration, weights_source=random_source(preset),
+                      graphs=GENERATOR_GRAPHS)
         return directory
+
+
+def random_source(preset: str) -> WeightsSource:
+    return WeightsSource.TINY_RANDOM if not PRESETS[preset].files else WeightsSource.FULL_RANDOM
+
+
+def with_kernels(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``module`` whose submodules with a fused path run our kernels (as an Engine with
+    kernels on builds them)."""
+    twin = copy.deepcopy(module)
+    for submodule in twin.modules():
+        if hasattr(submodule, "use_kernels"):
+            submodule.use_kernels = True
+    return twin
 
 
 def bench_preset(preset: str, duration: float, root: Path, warmup: int, runs: int, caps: dict[str, int]) -> list[dict]:
@@ -62,23 +79,21 @@ def bench_preset(preset: str, duration: float, root: Path, warmup: int, runs: in
     export_dir = ensure_export(preset, duration, root)
     export_s = time.perf_counter() - started
     manifest = ExportManifest.load(export_dir)
-    ctx = ExportContext(PRESETS[preset], duration, manifest.sequence_lengths, random_weights=True)
+    ctx = ExportContext(PRESETS[preset], duration, manifest.sequence_lengths, random_source(preset))
     backend = OnnxRuntimeBackend(torch.device("cpu"))
     rows = []
-    for name in GENERATOR_GRAPHS:
-        spec = GRAPH_SPECS[name]
+    for name, spec in GENERATOR_SPECS.items():
         sizes = {axis: min(r.opt, caps.get(axis, r.opt)) for axis, r in spec.axes(ctx).items()}
-        inputs = spec.inputs(ctx, sizes)
-        module = ctx.module(spec)
-        args = [inputs[n] for n in module.signature.inputs]
+        inputs = spec.sample_inputs(ctx, sizes)
+        module = ctx.module(spec)  # torch ops only, as exported
+        args = [inputs[n] for n in spec.inputs]
         graph = backend.load(name, export_dir / manifest.graphs[name].onnx_file)
 
-        def run_torch():
+        def run_torch(module=module):
             with torch.inference_mode():
                 module(*args)
 
-        with kernels.use_kernels(False):
-            torch_times = timed(run_torch, warmup, runs)
+        torch_times = timed(run_torch, warmup, runs)
         ort_times = timed(lambda: graph.run(inputs), warmup, runs)
         torch_s, ort_s = statistics.median(torch_times), statistics.median(ort_times)
         row = {"preset": preset, "graph": name, "torch_ms": torch_s * 1e3, "onnxruntime_ms": ort_s * 1e3,
@@ -87,8 +102,9 @@ def bench_preset(preset: str, duration: float, root: Path, warmup: int, runs: in
                "speedup_of_min": min(torch_times) / min(ort_times),
                "shapes": {n: list(t.shape) for n, t in inputs.items() if t.ndim > 1},
                "capped": {a: s for a, s in sizes.items() if s != spec.axes(ctx)[a].opt}}
-        if "cpp" in kernels.available_paths() and any(isinstance(m, Activation1d) for m in module.modules()):
-            kernel_times = timed(run_torch, warmup, runs)
+        if spec.kernels and kernels.path_for("cpu") is not None:
+            fused = with_kernels(module)
+            kernel_times = timed(lambda: run_torch(fused), warmup, runs)
             row["torch_kernels_ms"] = statistics.median(kernel_times) * 1e3
             row["torch_kernels_min_ms"] = min(kernel_times) * 1e3
         rows.append(row)
@@ -136,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                "onnxruntime": onnxruntime.__version__, "python": sys.version.split()[0]}
     rows = []
     for preset in args.presets:
-        caps = {} if args.no_caps or PRESETS[preset].random_weights else FULL_SIZE_CAPS
+        caps = {} if args.no_caps or not PRESETS[preset].files else FULL_SIZE_CAPS
         rows += bench_preset(preset, args.duration, args.exports, args.warmup, args.runs, caps)
     table = markdown(rows, machine)
     print(table)

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from deepsound_rt.engine import Engine, EngineConfig
+from deepsound_rt.options import default_of
 from deepsound_rt.io.sample import make_test_video
 
 
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--duration", type=float, default=8.0)
-    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--num-steps", "--steps", dest="num_steps", type=int, default=default_of(EngineConfig, "num_steps"))
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--json", type=Path, help="write every figure here")
@@ -41,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     engine = Engine(EngineConfig(preset=args.preset, weights=args.weights, device=args.device, dtype=args.dtype,
-                                 steps=args.steps, random_weights=args.random_weights))
+                                 num_steps=args.num_steps,
+                                 weights_source="full-random" if args.random_weights else "auto"))
     load_s = time.perf_counter() - started
     with tempfile.TemporaryDirectory() as folder:
         video = make_test_video(Path(folder) / "bench.mp4", args.duration + 0.5, 25, (640, 360))
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     if engine.device.type == "cuda":
         report["cuda_max_allocated_gib"] = torch.cuda.max_memory_allocated(engine.device) / 2**30
 
-    print(f"{args.preset} {engine.device} {engine.dtype} {args.duration:.1f} s clip, {args.steps} steps, "
+    print(f"{args.preset} {engine.device} {engine.dtype} {args.duration:.1f} s clip, {args.num_steps} steps, "
           f"median of {args.runs} (load {load_s:.1f} s)")
     for stage, figures in report["stages"].items():
         print(f"  {stage:<14} {figures['p50'] * 1e3:10.1f} ms  (p95 {figures['p95'] * 1e3:.1f})")

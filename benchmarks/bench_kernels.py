@@ -11,7 +11,6 @@ and without the kernel in bf16 and fp32.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -40,9 +39,10 @@ if ARGS.threads:  # before the OpenMP runtimes start
 import torch  # noqa: E402
 
 from deepsound_rt import kernels  # noqa: E402
-from deepsound_rt.models.alias_free import Activation1d, kaiser_sinc_filter  # noqa: E402
+from deepsound_rt.models import fbank  # noqa: E402
+from deepsound_rt.models.alias_free import kaiser_sinc_filter, snake_beta_antialiased_reference  # noqa: E402
 from deepsound_rt.models.bigvgan import BIGVGAN_V2_44K, BigVGAN  # noqa: E402
-from deepsound_rt.models.mel import MEL_16K, MEL_44K  # noqa: E402
+from deepsound_rt.models.mel import MEL_16K, MEL_44K, MelConverter  # noqa: E402
 
 if ARGS.threads:
     torch.set_num_threads(ARGS.threads)
@@ -110,47 +110,46 @@ def snake_workload(channels: int, length: int, dtype: torch.dtype, device: str):
     alpha = (torch.randn(channels, generator=g) * 0.3).to(device)
     beta = (torch.randn(channels, generator=g) * 0.3).to(device)
     taps = kaiser_sinc_filter(0.25, 0.3, 12).to(device)
-    return lambda path: kernels.snake_beta_antialiased(x, alpha, beta, taps, taps, path=path), x
+    return lambda path: (snake_beta_antialiased_reference if path == "torch" else kernels.snake_beta_antialiased)(
+        x, alpha, beta, taps, taps), x
+
+
+STFT_N_FFT, STFT_HOP = 2048, 441  # the separator's transform
+
+
+def _stft_torch(x: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    return torch.stft(x, STFT_N_FFT, STFT_HOP, STFT_N_FFT, window, center=True, pad_mode="reflect",
+                      return_complex=True)
 
 
 def front_end_workloads(device: str) -> list[tuple[str, str, callable]]:
+    """(kernel, shape, run(path)): path "torch" runs the models' torch reference, else our kernel."""
     g = torch.Generator().manual_seed(0)
     wave_44k = (torch.rand(1, 10 * 44_100, generator=g) * 2 - 1).to(device)
     wave_16k = (torch.rand(1, 10 * 16_000, generator=g) * 2 - 1).to(device)
     fbank_wave = (torch.round(torch.randn(10 * 16_000, generator=g) * 3000) / 32768).to(device)
     stereo = torch.randn(2, 8 * 44_100, generator=g).to(device)
-    spectrum = kernels.stft(stereo, "torch")
+    window = torch.hann_window(STFT_N_FFT, device=device)
+    spectrum = _stft_torch(stereo, window)
+    mels = {(params, fused): MelConverter.from_config(params, use_kernels=fused).to(device)
+            for params in (MEL_16K, MEL_44K) for fused in (False, True)}
     return [
-        ("mel_spectrogram", "16k, 10 s (1, 160000)", lambda p: kernels.mel_spectrogram(wave_16k, MEL_16K, p)),
-        ("mel_spectrogram", "44k, 10 s (1, 441000)", lambda p: kernels.mel_spectrogram(wave_44k, MEL_44K, p)),
-        ("kaldi_fbank", "BEATs, 10 s (160000,)", lambda p: kernels.kaldi_fbank(fbank_wave, p)),
-        ("stft", "8 s stereo (2, 352800)", lambda p: kernels.stft(stereo, p)),
-        ("istft", "8 s stereo (2, 1025, 801)", lambda p: kernels.istft(spectrum, stereo.shape[-1], p)),
+        ("mel_spectrogram", "16k, 10 s (1, 160000)", lambda p: mels[MEL_16K, p != "torch"](wave_16k)),
+        ("mel_spectrogram", "44k, 10 s (1, 441000)", lambda p: mels[MEL_44K, p != "torch"](wave_44k)),
+        ("kaldi_fbank", "BEATs, 10 s (160000,)", lambda p: fbank.kaldi_fbank(fbank_wave, use_kernels=p != "torch")),
+        ("stft", "8 s stereo (2, 352800)",
+         lambda p: _stft_torch(stereo, window) if p == "torch" else kernels.stft(stereo, window, STFT_HOP)),
+        ("istft", "8 s stereo (2, 1025, 801)",
+         lambda p: torch.istft(spectrum, STFT_N_FFT, STFT_HOP, STFT_N_FFT, window, length=stereo.shape[-1])
+         if p == "torch" else kernels.istft(spectrum, window, STFT_HOP, stereo.shape[-1])),
     ]
 
 
-@contextlib.contextmanager
-def activations_on(path: str):
-    """Route every Activation1d through kernels.snake_beta_antialiased on `path` ("torch": the reference)."""
-    original = Activation1d.forward
-
-    def forward(self, x):
-        return kernels.snake_beta_antialiased(
-            x, self.act.alpha, self.act.beta, self.upsample.filter, self.downsample.lowpass.filter,
-            path=path, logscale=self.act.alpha_logscale,
-        )
-
-    Activation1d.forward = forward
-    try:
-        yield
-    finally:
-        Activation1d.forward = original
-
-
-def build_vocoder(device: str, dtype: torch.dtype) -> BigVGAN:
-    """The full-size 44.1 kHz BigVGAN v2 with seeded random weights (the speed does not depend on them)."""
+def build_vocoder(device: str, dtype: torch.dtype, use_kernels: bool) -> BigVGAN:
+    """The full-size 44.1 kHz BigVGAN v2 with seeded random weights (the speed does not depend on
+    them: both settings get the same ones)."""
     torch.manual_seed(0)
-    return BigVGAN(BIGVGAN_V2_44K).eval().to(device=device, dtype=dtype)
+    return BigVGAN(BIGVGAN_V2_44K, use_kernels).eval().to(device=device, dtype=dtype)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -235,11 +234,11 @@ def vocoder_rtf(results: dict, device: str, seconds: float, dtypes, paths, repea
     print(f"\n== 44.1 kHz BigVGAN v2 (random weights) on {device}: {frames} mel frames = {audio_seconds:.2f} s ==")
     timer = _time_cuda if device == "cuda" else _time_cpu
     for dtype in dtypes:
-        model = build_vocoder(device, dtype)
         mel = torch.randn(1, BIGVGAN_V2_44K.num_mels, frames, device=device, dtype=dtype)
         outputs = {}
         for path in paths:
-            with activations_on(path), torch.inference_mode():
+            model = build_vocoder(device, dtype, use_kernels=path != "torch")
+            with torch.inference_mode():
                 t = timer(lambda: model(mel), repeats)
                 outputs[path] = model(mel).float()
             row(table, device=device, dtype=str(dtype)[6:], activations=path, audio_s=audio_seconds,
@@ -249,7 +248,6 @@ def vocoder_rtf(results: dict, device: str, seconds: float, dtypes, paths, repea
             first, second = outputs.values()
             table[-1]["max_abs_diff_vs_torch"] = float((first - second).abs().max())
             print(f"  max |waveform difference| kernel vs torch activations: {table[-1]['max_abs_diff_vs_torch']:.3g}")
-        del model
         if device == "cuda":
             torch.cuda.empty_cache()
 

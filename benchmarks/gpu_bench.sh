@@ -1,48 +1,73 @@
 #!/usr/bin/env bash
 # One command for a machine with one NVIDIA GPU and no network (about 6-9 minutes on an H100):
-#   1. builds deepsound_rt._kernels with CUDA and runs the CUDA kernel tests (benchmarks/gpu_check.sh's
-#      build, then tests/test_kernels.py: CUDA vs the C++ kernels vs the torch reference),
-#   2. the kernel benchmarks on the GPU: fused SnakeBeta bandwidth vs the card's peak, speed-ups
+#   1. the machine: GPU, driver, python, torch and CUDA versions,
+#   2. builds deepsound_rt._kernels in place with its CUDA kernels (setup.py build_ext --inplace: no
+#      pip, no network) and says which kernel paths are usable,
+#   3. the kernel tests (CUDA vs the C++ kernels vs the torch references) and the decoder tests,
+#   4. the kernel benchmarks on the GPU: fused SnakeBeta bandwidth vs the card's peak, speed-ups
 #      over the torch ops, 44.1 kHz vocoder real-time factor with and without the kernel,
-#   3. the whole pipeline at full size with random weights (large_44k_v2 generator, 7B MLLM,
+#   5. the whole pipeline at full size with random weights (large_44k_v2 generator, 7B MLLM,
 #      BS-RoFormer) for a 10 s clip: eager fp32, eager bf16 (the baseline), bf16 + our kernels,
-#      bf16 + kernels + CUDA graphs, side by side; prints the table.
-# Results go to $OUT (default: out/gpu): bench_kernels.json, pytest.log, bench.json/.md/.png.
-# Python packages the package needs beyond torch/transformers/timm/onnxruntime must be installed
-# first (offline: pip install --no-index wheels; see the README).
+#      bf16 + kernels + CUDA graphs, side by side; prints the table (PIPELINE=0 skips it).
+# Results go to $OUT (default: out/gpu): build.log, pytest.log, bench_kernels.json/.log,
+# bench.json/.md/.png. A failing step is reported and the later steps still run; the exit status
+# is 1 if any failed. Every step has its own time cap, and all are cut short so that the whole run
+# ends within $BUDGET seconds (default 570). Python packages the package needs beyond
+# torch/transformers/timm/onnxruntime must be installed first (offline: pip install --no-index
+# wheels; see DEVELOPERS.md).
+#
+#   bash benchmarks/gpu_bench.sh            (from the repository root; PYTHON=python3.12 to choose)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python}"
 OUT="${OUT:-out/gpu}"
+BUDGET="${BUDGET:-570}"
 mkdir -p "$OUT"
 STATUS=0
 started=$(date +%s)
+deadline=$(( started + BUDGET ))
 step() { echo; echo "=== [$(( $(date +%s) - started )) s] $* ==="; }
+fail() { echo "!!! $*"; STATUS=1; }
+# seconds a step may take: its own cap, or what is left before the deadline (at least 10)
+cap() { local left=$(( deadline - $(date +%s) )); [ "$left" -lt 10 ] && left=10; echo $(( left < $1 ? left : $1 )); }
 
-step "GPU"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || STATUS=1
+step "machine"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.memory --format=csv,noheader || fail "nvidia-smi failed"
+"$PYTHON" -c "import sys, torch; print('python', sys.version.split()[0], '| torch', torch.__version__, '| CUDA', torch.version.cuda, '| GPU', torch.cuda.is_available() and torch.cuda.get_device_name(0))"
 if ! command -v nvcc >/dev/null 2>&1; then
   for candidate in /usr/local/cuda/bin/nvcc /usr/local/cuda-*/bin/nvcc; do
-    [ -x "$candidate" ] && { export PATH="$(dirname "$candidate"):$PATH"; break; }
+    if [ -x "$candidate" ]; then export CUDACXX="$candidate"; export PATH="$(dirname "$candidate"):$PATH"; break; fi
   done
 fi
+echo "nvcc: $(command -v nvcc || echo "${CUDACXX:-not found}")"
 
-step "build (in place: no pip, no network; log: $OUT/build.log)"
-timeout 180 "$PYTHON" setup.py -q build_ext --inplace >"$OUT/build.log" 2>&1 || STATUS=1
+step "build (in place; log: $OUT/build.log)"
+timeout "$(cap 180)" "$PYTHON" setup.py -q build_ext --inplace >"$OUT/build.log" 2>&1 || fail "build failed"
+grep -E "deepsound_rt:|CUDA compiler|error" "$OUT/build.log" | head -20
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-"$PYTHON" -c "from deepsound_rt import kernels; print('kernel paths:', kernels.available_paths())" || STATUS=1
+"$PYTHON" - <<'PY' || fail "the CUDA kernels are not usable"
+from deepsound_rt import kernels, _kernels
+print("compiled with CUDA:", _kernels.has_cuda, "| kernel paths:", kernels.available_paths())
+raise SystemExit(0 if "cuda" in kernels.available_paths() else 1)
+PY
 
-step "CUDA kernel tests"
-timeout 75 "$PYTHON" -m pytest -q -rs tests/test_kernels.py >"$OUT/pytest.log" 2>&1 || STATUS=1
+step "kernel and decoder tests (log: $OUT/pytest.log)"
+if [ -z "${DEEPSOUND_REFERENCE:-}" ] && [ -d shared/reference/goldens ]; then export DEEPSOUND_REFERENCE="$PWD/shared/reference"; fi
+echo "goldens: ${DEEPSOUND_REFERENCE:-../shared/reference if present, else golden tests skip}"
+timeout "$(cap 120)" "$PYTHON" -m pytest -q -rs tests/test_kernels.py tests/test_decoders.py >"$OUT/pytest.log" 2>&1 \
+  || fail "tests failed (or timed out)"
 tail -4 "$OUT/pytest.log"
 
-step "kernel benchmarks"
-timeout 110 "$PYTHON" benchmarks/bench_kernels.py --skip-cpu --repeats 5 --json "$OUT/bench_kernels.json" \
-  2>&1 | tail -40 || STATUS=1
+step "kernel benchmarks (log: $OUT/bench_kernels.log)"
+timeout "$(cap 110)" "$PYTHON" benchmarks/bench_kernels.py --skip-cpu --repeats 5 --json "$OUT/bench_kernels.json" \
+  >"$OUT/bench_kernels.log" 2>&1 || fail "kernel benchmarks failed (or timed out)"
+tail -40 "$OUT/bench_kernels.log"
 
-step "pipeline benchmark (large_44k_v2, 7B MLLM, BS-RoFormer; random weights; 10 s clip)"
-timeout 240 "$PYTHON" -m deepsound_rt.cli bench --preset large_44k_v2 --random-weights --duration 10 \
-  --warmup 1 --runs 2 --out "$OUT" || STATUS=1
+if [ "${PIPELINE:-1}" != 0 ]; then
+  step "pipeline benchmark (large_44k_v2, 7B MLLM, BS-RoFormer; random weights; 10 s clip)"
+  timeout "$(cap 240)" "$PYTHON" -m deepsound_rt.cli bench --preset large_44k_v2 --random-weights --duration 10 \
+    --warmup 1 --runs 2 --out "$OUT" || fail "pipeline benchmark failed (or timed out)"
+fi
 
-step "done: status $STATUS"
+step "done: status $STATUS, results in $OUT"
 exit "$STATUS"

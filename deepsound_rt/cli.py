@@ -14,53 +14,62 @@ from .errors import DeepSoundError
 EXIT_USAGE = 2
 
 
-def _add_generation_args(parser: argparse.ArgumentParser, default_preset: str, default_judge: str = "auto") -> None:
-    from .config import DTYPE_NAMES, PRESETS
+def _add_generation_args(parser: argparse.ArgumentParser, default_preset: str, default_judge: str | None = None) -> None:
+    """Options that build an EngineConfig and a RunOptions; choices and defaults are theirs."""
+    from .config import PRESETS
+    from .options import (BACKEND_CHOICES, DTYPES, JUDGES, KERNEL_SETTINGS, MODES, POSTPROCESSES, EngineConfig,
+                          RunOptions, default_of)
 
+    engine, run = (lambda name: default_of(EngineConfig, name)), (lambda name: default_of(RunOptions, name))
     parser.add_argument("--preset", default=default_preset, choices=sorted(PRESETS),
-                        help=f"model preset (default: {default_preset})")
+                        help="model preset (default: %(default)s)")
     parser.add_argument("--weights", type=Path, help="directory with the official checkpoint files")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPE_NAMES],
-                        help="auto = bf16 on CUDA, fp32 on CPU")
-    parser.add_argument("--steps", type=int, default=25, help="Euler steps (default: 25)")
-    parser.add_argument("--cfg", type=float, default=4.5, help="guidance strength (default: 4.5)")
-    parser.add_argument("--seed", type=int, default=42, help="noise seed (default: 42)")
-    parser.add_argument("--duration", type=float, default=None,
+    parser.add_argument("--device", default=engine("device"), help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    parser.add_argument("--dtype", default=engine("dtype"), choices=DTYPES, help="auto = bf16 on CUDA, fp32 on CPU")
+    parser.add_argument("--num-steps", "--steps", dest="num_steps", type=int, default=engine("num_steps"),
+                        help="Euler steps (default: %(default)s)")
+    parser.add_argument("--cfg", type=float, default=engine("cfg_strength"),
+                        help="guidance strength (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=run("seed"), help="noise seed (default: %(default)s)")
+    parser.add_argument("--duration", type=float, default=run("duration"),
                         help="seconds of audio (default: 8, shortened to the video's length)")
-    parser.add_argument("--prompt", default="", help="text prompt")
-    parser.add_argument("--negative-prompt", default="", help="negative text prompt")
+    parser.add_argument("--prompt", default=run("prompt"), help="text prompt")
+    parser.add_argument("--negative-prompt", default=run("negative_prompt"), help="negative text prompt")
     parser.add_argument("--no-checksum", action="store_true",
                         help="skip the MD5 check of official checkpoint files")
     parser.add_argument("--random-weights", action="store_true",
                         help="full-size networks with random weights (timing and export checks; no real audio)")
-    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"],
-                        help="runtime of the generator's graphs; auto = best installed per graph among those "
-                             "in --export (tensorrt > onnxruntime > torch)")
+    parser.add_argument("--backend", default=engine("backend"), choices=BACKEND_CHOICES,
+                        help="runtime of the graphs; auto = best installed per graph among those in --export "
+                             "(tensorrt > onnxruntime > torch)")
     parser.add_argument("--export", type=Path, help="a `deepsound-rt export` directory (onnxruntime/tensorrt)")
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="replay the velocity step, VAE and vocoder as CUDA graphs (CUDA only)")
+    parser.add_argument("--kernels", default=engine("kernels"), choices=KERNEL_SETTINGS,
+                        help="our fused kernels: auto = where built for the device, on = required, off = torch ops "
+                             "(default: %(default)s, from $DEEPSOUND_RT_KERNELS when set)")
     steps = parser.add_argument_group("DeepSound steps")
-    steps.add_argument("--mode", default="s4", choices=["s4", "s3", "gen"],
-                       help="s4: all steps (default); s3: stop after voice-over removal; gen: step 1 only")
-    steps.add_argument("--postprocess", default="rep", choices=["rep", "neg", "rm"],
-                       help="when the audio is silent after removal: rep = step-1 audio (default), "
-                            "neg = regenerate with negative prompt 'human voice', rm = no audio")
-    steps.add_argument("--judge", default=default_judge, choices=["auto", "cot", "qa", "vad", "always"],
+    steps.add_argument("--mode", default=run("mode"), choices=MODES,
+                       help="s4: all steps; s3: stop after voice-over removal; gen: step 1 only (default: %(default)s)")
+    steps.add_argument("--postprocess", default=run("postprocess"), choices=POSTPROCESSES,
+                       help="when the audio is silent after removal: rep = step-1 audio, "
+                            "neg = regenerate with negative prompt 'human voice', rm = no audio (default: %(default)s)")
+    steps.add_argument("--judge", default=default_judge or run("judge"), choices=JUDGES,
                        help="voice-over judge: the MLLM (cot, qa), the speech detector (vad), or always "
-                            f"(assume voice-over: removal always runs); auto = cot with --mllm, else vad "
-                            f"(default: {default_judge})")
+                            "(assume voice-over: removal always runs); auto = cot with --mllm, else vad "
+                            "(default: %(default)s)")
     steps.add_argument("--judge-mllm", type=Path,
                        help="another checkpoint for the cot/qa judge, e.g. VideoLLaMA2.1-7B-AV-QA (default: --mllm)")
     steps.add_argument("--mllm", type=Path, help="VideoLLaMA2.1-7B-AV(-CoT/-QA) directory (config.json + safetensors)")
     steps.add_argument("--siglip", type=Path, help="SigLIP so400m/14@384 directory (the MLLM's vision tower)")
     steps.add_argument("--separator", type=Path, help="BS-RoFormer viperx ep317 checkpoint (default: in --weights)")
-    steps.add_argument("--vad-share", type=float, default=0.10,
-                       help="vad judge: voice-over when speech covers at least this share of the clip (0.10)")
+    steps.add_argument("--vad-share", type=float, default=engine("vad_min_speech_share"),
+                       help="vad judge: voice-over when speech covers at least this share of the clip (%(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import PRESETS
+    from .config import DEFAULT_DURATION_S, PRESETS
+    from .export.exporter import EXPORT_DTYPES
 
     parser = argparse.ArgumentParser(prog="deepsound-rt", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -80,9 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, required=True, help="export directory (new, empty or a previous export)")
     export.add_argument("--weights", type=Path, help="directory with the official checkpoint files")
     export.add_argument("--random-weights", action="store_true", help="full-size graphs with random weights")
-    export.add_argument("--dtype", default="fp32", choices=["fp32"],
+    export.add_argument("--dtype", default=EXPORT_DTYPES[0], choices=EXPORT_DTYPES,
                         help="graph precision; TensorRT picks fp16/bf16 when it builds its engines")
-    export.add_argument("--duration", type=float, default=8.0, help="clip seconds baked into the flow graphs (8)")
+    export.add_argument("--duration", type=float, default=DEFAULT_DURATION_S,
+                        help="clip seconds baked into the flow graphs (%(default)s)")
+    export.add_argument("--graphs", nargs="+", metavar="GRAPH",
+                        help="only these graphs (default: what the specs export with the weights source)")
     export.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime parity check")
 
     verify = sub.add_parser("verify", help="check our definitions against goldens and manifests, or an export")
@@ -99,41 +111,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _engine_from_args(args: argparse.Namespace):
-    from .engine import Engine, EngineConfig
+def _weights_source(args: argparse.Namespace) -> str:
+    return "full-random" if args.random_weights else "auto"
 
-    config = EngineConfig(preset=args.preset, weights=args.weights, device=args.device, dtype=args.dtype,
-                          steps=args.steps, cfg_strength=args.cfg, verify_checksums=not args.no_checksum,
-                          random_weights=args.random_weights, mllm=args.mllm, judge_mllm=args.judge_mllm,
-                          siglip=args.siglip,
-                          separator=args.separator, vad_min_speech_share=args.vad_share, backend=args.backend,
-                          export=args.export, cuda_graphs=args.cuda_graphs)
+
+def _engine_from_args(args: argparse.Namespace):
+    from .engine import Engine
+    from .options import EngineConfig
+
+    config = EngineConfig(preset=args.preset, weights=args.weights, weights_source=_weights_source(args),
+                          device=args.device, dtype=args.dtype, num_steps=args.num_steps, cfg_strength=args.cfg,
+                          verify_checksums=not args.no_checksum, mllm=args.mllm, judge_mllm=args.judge_mllm,
+                          siglip=args.siglip, separator=args.separator, vad_min_speech_share=args.vad_share,
+                          backend=args.backend, export=args.export, cuda_graphs=args.cuda_graphs,
+                          kernels=args.kernels)
     return Engine(config)
 
 
 def _generate(args: argparse.Namespace, video: Path) -> int:
+    from .console import ConsoleProgress, print_steps, print_timings
     from .io.output import check_output_path
     from .io.video import probe_video
-    from .progress import ConsoleProgress, print_steps, print_timings
+    from .options import RunOptions
 
+    options = RunOptions(mode=args.mode, postprocess=args.postprocess, judge=args.judge, prompt=args.prompt,
+                         negative_prompt=args.negative_prompt, duration=args.duration, seed=args.seed)
     probe_video(video)  # fail on a bad input or output path before loading any weights
     check_output_path(args.output, video)
     engine = _engine_from_args(args)
-    if engine.preset.random_weights or args.random_weights:
+    if engine.config.weights_source.random:
         print(f"note: preset '{engine.preset.name}' uses RANDOM weights: the audio is noise-like, "
               "not a real result (use --preset NAME --weights DIR for the official models)", file=sys.stderr)
-    options = dict(prompt=args.prompt, negative_prompt=args.negative_prompt, duration=args.duration, seed=args.seed)
     with ConsoleProgress() as progress:
-        if args.mode == "gen":
-            result = engine.generate(video, progress=progress, **options)
+        if options.mode == "gen":
+            result = engine.generate(video, options, progress=progress)
         else:
-            for event in engine.steps(video, mode=args.mode, postprocess=args.postprocess, judge=args.judge,
-                                      progress=progress, **options):
+            for event in engine.steps(video, options, progress=progress):
                 progress.step(event)
                 if event.result is not None:
                     result = event.result
         path = result.save(args.output)
-    if args.mode == "gen":
+    if options.mode == "gen":
         print_timings(result.timings, result.duration_s, f"{result.device}, {result.dtype}")
         audio = f"{result.duration_s:.2f} s of audio at {result.sample_rate} Hz"
     else:
@@ -165,13 +183,14 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from .console import ConsoleProgress
     from .export import export_preset
-    from .progress import ConsoleProgress
     from .verify.export_parity import run_export_verify
 
     with ConsoleProgress() as progress:
         manifest = export_preset(args.preset, args.out, weights=args.weights, dtype=args.dtype,
-                                 duration_s=args.duration, random_weights=args.random_weights, progress=progress)
+                                 duration_s=args.duration, weights_source=_weights_source(args), progress=progress,
+                                 graphs=args.graphs)
     print(f"exported {len(manifest.graphs)} graphs of {args.preset} ({args.duration:g} s) to {args.out}")
     return 0 if args.no_verify else run_export_verify(args.out, args.weights)
 

@@ -1,4 +1,5 @@
-"""Presets (the five official MMAudio variants and the tiny random ``dev``), weight files, defaults."""
+"""Presets (the five official MMAudio variants and the tiny random ``dev``), their weight files, the
+default duration, and the device and dtype rules."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -29,8 +30,7 @@ class Preset:
     clip: ClipConfig
     sampling_rate: int
     hop_length: int  # waveform samples per mel frame
-    files: tuple[WeightFile, ...] = ()
-    random_weights: bool = False  # dev: tiny random instances, no files needed
+    files: tuple[WeightFile, ...] = ()  # none: random weights only (dev)
 
     @property
     def mode(self) -> str:
@@ -85,7 +85,6 @@ def _dev() -> Preset:
         clip=CLIP_TINY,
         sampling_rate=AUDIO_44K.sampling_rate,
         hop_length=AUDIO_44K.spectrogram_frame_rate,
-        random_weights=True,
     )
 
 

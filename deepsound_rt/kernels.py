@@ -1,108 +1,68 @@
-"""Our kernels for the vocoder's activations and the audio front ends, with torch fallbacks.
+"""The Python face of our kernels (``deepsound_rt._kernels``): the C++ kernels on CPU tensors, the
+CUDA kernels on CUDA tensors (when the module was built with nvcc).
 
-Every function computes the same thing on up to three compute paths:
-
-* ``"torch"``: the reference, built from torch ops (always available);
-* ``"cpp"``: the C++ kernels of ``deepsound_rt._kernels`` on CPU tensors;
-* ``"cuda"``: its CUDA kernels on CUDA tensors (when the module was built with nvcc).
-
-``path="auto"`` picks ``cuda`` for CUDA tensors and ``cpp`` for CPU tensors when they are there,
-else ``torch``; :func:`default_path` says which one that is. The kernels are for inference: their
-outputs carry no autograd history.
+Each function runs the kernel for its tensors' device and takes every constant it needs (filters,
+windows, filterbanks) as arguments. The torch references they are tested against live with the
+models that call them (:mod:`.models.alias_free`, :mod:`.models.fbank`, :mod:`.models.mel`, the
+separator's ``torch.stft``); a model uses a kernel only when it was built with ``use_kernels``
+(:func:`enabled_for` turns the ``kernels`` setting into that choice). The kernels are for
+inference: their outputs carry no autograd history. This module never imports the models.
 """
 from __future__ import annotations
-
-import contextlib
-import functools
-import os
-from typing import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-# Modules, not names: the model code may call these functions, and a partly imported module is
-# enough for a circular import.
-from .models import alias_free
-from .models import fbank as kaldi
-from .models import mel as mmaudio_mel
+from .errors import DeepSoundError
 
 try:
     from . import _kernels
-except ImportError:  # not built: the torch paths still work
+except ImportError:  # not built: the models run their torch references
     _kernels = None
 
-PATHS = ("torch", "cpp", "cuda")
-# The separator's STFT (BS-RoFormer): centred, reflect padding, periodic Hann, not normalised.
-STFT_N_FFT = 2048
-STFT_HOP = 441
-STFT_BINS = STFT_N_FFT // 2 + 1
-
 _KERNEL_DTYPES = {torch.float32: ("float32", 0), torch.float16: ("float16", 1), torch.bfloat16: ("bfloat16", 2)}
-
-
-def _probe_paths() -> tuple[str, ...]:
-    paths = ["torch"]
-    if _kernels is not None:
-        paths.append("cpp")
-        if _kernels.has_cuda and torch.cuda.is_available() and _kernels.cuda_device_count() > 0:
-            paths.append("cuda")
-    return tuple(paths)
-
-
 _probed: tuple[object, tuple[str, ...]] | None = None  # (the extension module probed, its paths)
 
 
 def available_paths() -> list[str]:
-    """The compute paths usable in this process, in the order torch, cpp, cuda."""
+    """The kernel paths usable in this process: ``cpp`` (CPU tensors), ``cuda`` (CUDA tensors)."""
     global _probed
     if _probed is None or _probed[0] is not _kernels:
-        _probed = (_kernels, _probe_paths())
+        paths = []
+        if _kernels is not None:
+            paths.append("cpp")
+            if _kernels.has_cuda and torch.cuda.is_available() and _kernels.cuda_device_count() > 0:
+                paths.append("cuda")
+        _probed = (_kernels, tuple(paths))
     return list(_probed[1])
 
 
-def default_path(device: torch.device | str) -> str:
-    """The path ``"auto"`` runs for tensors on ``device``."""
-    kind = torch.device(device).type
-    paths = available_paths()
-    if kind == "cuda" and "cuda" in paths:
-        return "cuda"
-    if kind == "cpu" and "cpp" in paths:
-        return "cpp"
-    return "torch"
+def path_for(device: torch.device | str) -> str | None:
+    """The kernel path that serves tensors on ``device``, or None when none is built for it."""
+    wanted = {"cpu": "cpp", "cuda": "cuda"}.get(torch.device(device).type)
+    return wanted if wanted in available_paths() else None
 
 
-_runtime_enabled = os.environ.get("DEEPSOUND_RT_KERNELS", "on") != "off"
+def enabled_for(setting: str, device: torch.device) -> bool:
+    """Whether models on ``device`` use our kernels: ``off`` never, ``auto`` where they are built,
+    ``on`` always (a DeepSoundError when they are not built for the device)."""
+    if setting == "off":
+        return False
+    if path_for(device) is not None:
+        return True
+    if setting == "on":
+        built = ", ".join(available_paths()) or "none: the extension is not built"
+        raise DeepSoundError(f"kernels 'on' but deepsound_rt._kernels has no kernels for {torch.device(device).type} "
+                             f"here (paths built: {built}); use kernels 'auto' or 'off'")
+    return False
 
 
-def runtime_path() -> str:
-    """The path the runtime's call sites (vocoder activations, fbank, separator STFT) ask for:
-    ``"auto"``, or ``"torch"`` when our kernels are switched off (``DEEPSOUND_RT_KERNELS=off``
-    or :func:`use_kernels`)."""
-    return "auto" if _runtime_enabled else "torch"
-
-
-@contextlib.contextmanager
-def use_kernels(enabled: bool) -> Iterator[None]:
-    """Switch the runtime's use of our kernels on or off for a block (benchmarks compare both)."""
-    global _runtime_enabled
-    previous, _runtime_enabled = _runtime_enabled, enabled
-    try:
-        yield
-    finally:
-        _runtime_enabled = previous
-
-
-def _resolve(path: str, tensor: torch.Tensor) -> str:
-    if path == "auto":
-        return default_path(tensor.device)
-    if path not in PATHS:
-        raise ValueError(f"path must be 'auto' or one of {PATHS}, got {path!r}")
-    if path not in available_paths():
-        raise RuntimeError(f"compute path {path!r} is not available here (available: {available_paths()})")
-    wanted = "cuda" if path == "cuda" else "cpu"
-    if path != "torch" and tensor.device.type != wanted:
-        raise ValueError(f"path {path!r} needs {wanted} tensors, got one on {tensor.device}")
+def _path(tensor: torch.Tensor) -> str:
+    path = path_for(tensor.device)
+    if path is None:
+        raise RuntimeError(f"our kernels are not available for {tensor.device.type} tensors here "
+                           f"(available: {available_paths()})")
     return path
 
 
@@ -124,6 +84,27 @@ def _stream(t: torch.Tensor) -> int:
     return torch.cuda.current_stream(t.device).cuda_stream
 
 
+def filter_spans(bank: torch.Tensor) -> torch.Tensor:
+    """(rows, 2) int32 [first, end) of each filterbank row's non-zero columns, on ``bank``'s device
+    (triangular filters are contiguous): what the filterbank kernels skip by."""
+    nonzero = (bank.detach().cpu() != 0).numpy()
+    cols = nonzero.shape[1]
+    first = np.where(nonzero.any(1), nonzero.argmax(1), 0)
+    end = np.where(nonzero.any(1), cols - nonzero[:, ::-1].argmax(1), 0)
+    return torch.from_numpy(np.stack([first, end], 1).astype(np.int32)).to(bank.device)
+
+
+def _as_rows(waveform: torch.Tensor, what: str) -> tuple[torch.Tensor, tuple[int, ...]]:
+    if waveform.dim() < 1:
+        raise ValueError(f"{what} must have a time dimension")
+    lead = tuple(waveform.shape[:-1])
+    return waveform.detach().float().reshape(-1, waveform.shape[-1]).contiguous(), lead
+
+
+def _constant(t: torch.Tensor, like: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return t.detach().to(device=like.device, dtype=dtype).contiguous()
+
+
 # ---------------------------------------------------------------------------------------------
 # Anti-aliased SnakeBeta
 
@@ -134,7 +115,6 @@ def snake_beta_antialiased(
     beta_log: torch.Tensor,
     up_filter: torch.Tensor,
     down_filter: torch.Tensor,
-    path: str = "auto",
     *,
     logscale: bool = True,
 ) -> torch.Tensor:
@@ -142,9 +122,8 @@ def snake_beta_antialiased(
     2x up-sample, x + sin²(αx)/(β + 1e-9), 2x down-sample; fp32 arithmetic, result in ``x``'s dtype.
 
     ``alpha_log``/``beta_log`` hold one value per channel (log-scale unless ``logscale=False``);
-    the filters are (taps,) or (1, 1, taps) with 2-64 taps (BigVGAN: 12). The torch path is
-    :func:`~deepsound_rt.models.alias_free.snake_beta_antialiased_reference`, so that
-    ``Activation1d.forward`` can call this function.
+    the filters are (taps,) or (1, 1, taps) with 2-64 taps (BigVGAN: 12). Reference:
+    :func:`deepsound_rt.models.alias_free.snake_beta_antialiased_reference`.
     """
     if x.dim() != 3:
         raise ValueError(f"x must be (batch, channels, length), got shape {tuple(x.shape)}")
@@ -158,13 +137,9 @@ def snake_beta_antialiased(
             raise ValueError(f"{name} must have 2 to 64 taps, got {taps.numel()}")
     if length == 0:
         raise ValueError("x must have at least one sample")
-    path = _resolve(path, x)
-    if path == "torch":
-        return alias_free.snake_beta_antialiased_reference(
-            x, alpha_log, beta_log, up_filter, down_filter, logscale=logscale
-        )
     if x.dtype not in _KERNEL_DTYPES:
-        raise ValueError(f"x must be float32, float16 or bfloat16 for the {path} kernel, got {x.dtype}")
+        raise ValueError(f"x must be float32, float16 or bfloat16 for our kernel, got {x.dtype}")
+    path = _path(x)
     name, code = _KERNEL_DTYPES[x.dtype]
     params = (alpha_log, beta_log, up_filter, down_filter)
     if path == "cpp":
@@ -193,67 +168,37 @@ def snake_beta_antialiased(
 # Filterbank front ends
 
 
-def _filter_spans(bank: torch.Tensor) -> torch.Tensor:
-    """(rows, 2) int32 [first, end) of each row's non-zero columns (triangular filters are contiguous)."""
-    nonzero = (bank != 0).numpy()
-    cols = nonzero.shape[1]
-    first = np.where(nonzero.any(1), nonzero.argmax(1), 0)
-    end = np.where(nonzero.any(1), cols - nonzero[:, ::-1].argmax(1), 0)
-    return torch.from_numpy(np.stack([first, end], 1).astype(np.int32))
-
-
-@functools.lru_cache(maxsize=8)
-def _mel_constants(params: mmaudio_mel.MelConfig, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(mel basis, its spans, the periodic Hann window centred in n_fft) on ``device``, as the
-    reference MelConverter builds them."""
-    converter = mmaudio_mel.MelConverter.from_config(params)
-    window = converter.hann_window
-    left = (params.n_fft - window.numel()) // 2
-    window = F.pad(window, (left, params.n_fft - window.numel() - left))
-    basis = converter.mel_basis.contiguous()
-    return basis.to(device), _filter_spans(basis).to(device), window.contiguous().to(device)
-
-
-def _as_rows(waveform: torch.Tensor, what: str) -> tuple[torch.Tensor, tuple[int, ...]]:
-    if waveform.dim() < 1:
-        raise ValueError(f"{what} must have a time dimension")
-    lead = tuple(waveform.shape[:-1])
-    return waveform.detach().float().reshape(-1, waveform.shape[-1]).contiguous(), lead
-
-
 def mel_spectrogram(
-    waveform: torch.Tensor, params: mmaudio_mel.MelConfig, path: str = "auto", *, return_magnitude: bool = False
+    waveform: torch.Tensor, mel_basis: torch.Tensor, mel_spans: torch.Tensor, window: torch.Tensor, n_fft: int,
+    hop: int, log: str, *, return_magnitude: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """MMAudio's log-mel of a waveform (..., L) -> (..., num_mels, frames) in float32, with the
-    parameters of ``params`` (:data:`~deepsound_rt.models.mel.MEL_16K` / ``MEL_44K``).
-
-    With ``return_magnitude`` also the linear STFT magnitude (..., n_fft/2 + 1, frames). The torch
-    path computes what :class:`~deepsound_rt.models.mel.MelConverter` does, from
-    :func:`~deepsound_rt.models.mel.linear_magnitude` and the same buffers.
+    """MMAudio's log-mel of a waveform (..., L) -> (..., num_mels, frames) in float32: clamp to
+    [-1, 1], reflect-pad (n_fft - hop) / 2 per side, uncentred STFT with ``window`` (centred in
+    n_fft), sqrt(|X|² + 1e-9), ``mel_basis`` (its ``filter_spans`` as ``mel_spans``), clamp at
+    1e-5, ``log`` (``log10`` or ``ln``). With ``return_magnitude`` also the STFT magnitude
+    (..., n_fft/2 + 1, frames). Reference: :class:`deepsound_rt.models.mel.MelConverter`.
     """
-    path = _resolve(path, waveform)
     rows, lead = _as_rows(waveform, "waveform")
-    pad = (params.n_fft - params.hop_size) // 2
+    path = _path(rows)
+    pad = (n_fft - hop) // 2
     if rows.shape[-1] <= pad:
         raise ValueError(f"waveform needs more than {pad} samples for the reflect padding, got {rows.shape[-1]}")
-    basis, spans, window = _mel_constants(params, str(rows.device))
-    if path == "torch":
-        magnitude = mmaudio_mel.linear_magnitude(rows, window, params.n_fft, params.hop_size)
-        energies = torch.matmul(basis, magnitude).clamp(min=mmaudio_mel.LOG_FLOOR)
-        mel = torch.log10(energies) if params.log == "log10" else torch.log(energies)
-    elif path == "cpp":
+    left = (n_fft - window.numel()) // 2
+    window = _constant(F.pad(window.detach().float(), (left, n_fft - window.numel() - left)), rows)
+    basis, spans = _constant(mel_basis, rows), _constant(mel_spans, rows, torch.int32)
+    if path == "cpp":
         mel_np, mag_np = _kernels.mel_spectrogram(
-            rows.numpy(), basis.numpy(), spans.numpy(), window.numpy(), params.hop_size, params.log, return_magnitude
+            rows.numpy(), basis.numpy(), spans.numpy(), window.numpy(), hop, log, return_magnitude
         )
         mel = torch.from_numpy(mel_np)
         magnitude = torch.from_numpy(mag_np) if return_magnitude else None
     else:
-        frames = 1 + (rows.shape[-1] + 2 * pad - params.n_fft) // params.hop_size
-        mel = rows.new_empty(rows.shape[0], params.num_mels, frames)
-        magnitude = rows.new_empty(rows.shape[0], params.n_fft // 2 + 1, frames) if return_magnitude else None
+        frames = 1 + (rows.shape[-1] + 2 * pad - n_fft) // hop
+        mel = rows.new_empty(rows.shape[0], basis.shape[0], frames)
+        magnitude = rows.new_empty(rows.shape[0], n_fft // 2 + 1, frames) if return_magnitude else None
         _kernels.cuda_mel_spectrogram(
             rows.device.index, _stream(rows), rows.data_ptr(), rows.shape[0], rows.shape[1], basis.data_ptr(),
-            spans.data_ptr(), params.num_mels, window.data_ptr(), params.n_fft, params.hop_size, params.log,
+            spans.data_ptr(), basis.shape[0], window.data_ptr(), n_fft, hop, log,
             mel.data_ptr(), 0 if magnitude is None else magnitude.data_ptr(),
         )
     mel = mel.reshape(*lead, *mel.shape[-2:])
@@ -262,108 +207,91 @@ def mel_spectrogram(
     return mel, magnitude.reshape(*lead, *magnitude.shape[-2:])
 
 
-@functools.lru_cache(maxsize=4)
-def _fbank_constants(device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    banks = kaldi.kaldi_mel_banks().contiguous()
-    return banks.to(device), _filter_spans(banks).to(device), kaldi.povey_window().contiguous().to(device)
-
-
-def kaldi_fbank(waveform_16k: torch.Tensor, path: str = "auto") -> torch.Tensor:
-    """BEATs' Kaldi log-mel fbank of 16 kHz audio in [-1, 1]: (L,) -> (frames, 128), (B, L) ->
-    (B, frames, 128), float32, frames = 1 + (L - 400) // 160. The torch path is
-    :func:`deepsound_rt.models.fbank.kaldi_fbank`; normalise with :func:`~deepsound_rt.models.fbank.beats_normalize`.
+def kaldi_fbank(
+    waveform: torch.Tensor, mel_banks: torch.Tensor, mel_spans: torch.Tensor, window: torch.Tensor, *,
+    frame_shift: int, padded_frame_length: int, preemphasis: float, waveform_scale: float, log_floor: float,
+) -> torch.Tensor:
+    """Kaldi's log-mel fbank (snip_edges, mean removal, pre-emphasis, ``window``, power spectrum of
+    ``padded_frame_length``, ``mel_banks`` with their ``filter_spans``, log of max(energy,
+    ``log_floor``)): (L,) -> (frames, bins), (B, L) -> (B, frames, bins), float32, frames =
+    1 + (L - window) // frame_shift. Reference: :func:`deepsound_rt.models.fbank.kaldi_fbank`.
     """
-    if waveform_16k.dim() not in (1, 2):
-        raise ValueError(f"waveform must be (L,) or (B, L), got shape {tuple(waveform_16k.shape)}")
-    if waveform_16k.shape[-1] < kaldi.FRAME_LENGTH:
-        raise ValueError(f"waveform needs at least {kaldi.FRAME_LENGTH} samples, got {waveform_16k.shape[-1]}")
-    path = _resolve(path, waveform_16k)
-    if path == "torch":
-        return kaldi.kaldi_fbank(waveform_16k)
-    rows, lead = _as_rows(waveform_16k, "waveform")
-    banks, spans, window = _fbank_constants(str(rows.device))
+    frame_length = window.numel()
+    if waveform.dim() not in (1, 2):
+        raise ValueError(f"waveform must be (L,) or (B, L), got shape {tuple(waveform.shape)}")
+    if waveform.shape[-1] < frame_length:
+        raise ValueError(f"waveform needs at least {frame_length} samples, got {waveform.shape[-1]}")
+    rows, lead = _as_rows(waveform, "waveform")
+    path = _path(rows)
+    banks, spans, window = _constant(mel_banks, rows), _constant(mel_spans, rows, torch.int32), _constant(window, rows)
     if path == "cpp":
         out = torch.from_numpy(
             _kernels.kaldi_fbank(
-                rows.numpy(), banks.numpy(), spans.numpy(), window.numpy(), kaldi.FRAME_SHIFT,
-                kaldi.PADDED_FRAME_LENGTH, kaldi.PREEMPHASIS, kaldi.WAVEFORM_SCALE, kaldi.LOG_FLOOR,
+                rows.numpy(), banks.numpy(), spans.numpy(), window.numpy(), frame_shift, padded_frame_length,
+                preemphasis, waveform_scale, log_floor,
             )
         )
     else:
-        frames = 1 + (rows.shape[-1] - kaldi.FRAME_LENGTH) // kaldi.FRAME_SHIFT
+        frames = 1 + (rows.shape[-1] - frame_length) // frame_shift
         out = rows.new_empty(rows.shape[0], frames, banks.shape[0])
         _kernels.cuda_kaldi_fbank(
             rows.device.index, _stream(rows), rows.data_ptr(), rows.shape[0], rows.shape[1], banks.data_ptr(),
-            spans.data_ptr(), banks.shape[0], banks.shape[1], window.data_ptr(), kaldi.FRAME_LENGTH, kaldi.FRAME_SHIFT,
-            kaldi.PADDED_FRAME_LENGTH, kaldi.PREEMPHASIS, kaldi.WAVEFORM_SCALE, kaldi.LOG_FLOOR, out.data_ptr(),
+            spans.data_ptr(), banks.shape[0], banks.shape[1], window.data_ptr(), frame_length, frame_shift,
+            padded_frame_length, preemphasis, waveform_scale, log_floor, out.data_ptr(),
         )
     return out.reshape(*lead, *out.shape[-2:])
 
 
 # ---------------------------------------------------------------------------------------------
-# STFT / iSTFT of the separator
+# STFT / iSTFT
 
 
-@functools.lru_cache(maxsize=4)
-def _stft_window(device: str) -> torch.Tensor:
-    return torch.hann_window(STFT_N_FFT, device=device)
+def stft(x: torch.Tensor, window: torch.Tensor, hop: int) -> torch.Tensor:
+    """(..., L) float -> (..., n_fft/2 + 1, 1 + L // hop) complex64 with n_fft = len(window) (a
+    power of two): torch.stft centred with reflect padding, one-sided, not normalised; L > n_fft/2.
 
-
-def stft(x: torch.Tensor, path: str = "auto") -> torch.Tensor:
-    """(..., L) float -> (..., 1025, 1 + L // 441) complex64: torch.stft with n_fft 2048, hop 441,
-    periodic Hann of 2048, centred with reflect padding, one-sided, not normalised; L > 1024.
-
-    Like torch.stft's, the result is a transposed view of a (..., frames, 1025) tensor.
+    Like torch.stft's, the result is a transposed view of a (..., frames, bins) tensor.
     """
-    path = _resolve(path, x)
     rows, lead = _as_rows(x, "signal")
-    if rows.shape[-1] <= STFT_N_FFT // 2:
-        raise ValueError(f"signal needs more than {STFT_N_FFT // 2} samples, got {rows.shape[-1]}")
-    window = _stft_window(str(rows.device))
-    if path == "torch":
-        spec = torch.stft(
-            rows, STFT_N_FFT, STFT_HOP, STFT_N_FFT, window, center=True, pad_mode="reflect", normalized=False,
-            onesided=True, return_complex=True,
-        ).transpose(-1, -2)
-    elif path == "cpp":
-        spec = torch.from_numpy(_kernels.stft(rows.numpy(), window.numpy(), STFT_HOP))
+    path = _path(rows)
+    n_fft = window.numel()
+    if rows.shape[-1] <= n_fft // 2:
+        raise ValueError(f"signal needs more than {n_fft // 2} samples, got {rows.shape[-1]}")
+    window = _constant(window, rows)
+    if path == "cpp":
+        spec = torch.from_numpy(_kernels.stft(rows.numpy(), window.numpy(), hop))
     else:
-        frames = 1 + rows.shape[-1] // STFT_HOP
-        spec = torch.empty(rows.shape[0], frames, STFT_BINS, dtype=torch.complex64, device=rows.device)
+        frames = 1 + rows.shape[-1] // hop
+        spec = torch.empty(rows.shape[0], frames, n_fft // 2 + 1, dtype=torch.complex64, device=rows.device)
         _kernels.cuda_stft(
             rows.device.index, _stream(rows), rows.data_ptr(), rows.shape[0], rows.shape[1], window.data_ptr(),
-            STFT_N_FFT, STFT_HOP, spec.data_ptr(),
+            n_fft, hop, spec.data_ptr(),
         )
     return spec.reshape(*lead, *spec.shape[-2:]).transpose(-1, -2)
 
 
-def istft(spec: torch.Tensor, length: int, path: str = "auto") -> torch.Tensor:
-    """(..., 1025, frames) complex -> (..., length) float32: torch.istft with the parameters of
-    :func:`stft`. ``length`` must be in [1, 441 · frames] (every sample then has window overlap)."""
-    if spec.dim() < 2 or spec.shape[-2] != STFT_BINS:
-        raise ValueError(f"spectrogram must be (..., {STFT_BINS}, frames), got shape {tuple(spec.shape)}")
+def istft(spec: torch.Tensor, window: torch.Tensor, hop: int, length: int) -> torch.Tensor:
+    """(..., n_fft/2 + 1, frames) complex -> (..., length) float32: torch.istft with the parameters
+    of :func:`stft`. ``length`` must be in [1, hop · frames] (every sample then has window overlap)."""
+    n_fft = window.numel()
+    bins = n_fft // 2 + 1
+    if spec.dim() < 2 or spec.shape[-2] != bins:
+        raise ValueError(f"spectrogram must be (..., {bins}, frames), got shape {tuple(spec.shape)}")
     frames = spec.shape[-1]
-    if not 1 <= length <= STFT_HOP * frames:
-        raise ValueError(f"length must be in [1, {STFT_HOP * frames}] for {frames} frames, got {length}")
-    path = _resolve(path, spec)
+    if not 1 <= length <= hop * frames:
+        raise ValueError(f"length must be in [1, {hop * frames}] for {frames} frames, got {length}")
+    path = _path(spec)
     lead = tuple(spec.shape[:-2])
-    window = _stft_window(str(spec.device))
-    if path == "torch":
-        rows = spec.detach().to(torch.complex64).reshape(-1, STFT_BINS, frames)
-        out = torch.istft(
-            rows, STFT_N_FFT, STFT_HOP, STFT_N_FFT, window, center=True, normalized=False, onesided=True,
-            length=length,
-        )
-        return out.reshape(*lead, length)
     # The kernels read (signal, frame, bin): free for spectra that come from stft().
-    rows = spec.detach().to(torch.complex64).transpose(-1, -2).reshape(-1, frames, STFT_BINS).contiguous()
+    rows = spec.detach().to(torch.complex64).transpose(-1, -2).reshape(-1, frames, bins).contiguous()
+    window = _constant(window, rows)
     if path == "cpp":
-        out = torch.from_numpy(_kernels.istft(rows.numpy(), window.numpy(), STFT_HOP, length))
+        out = torch.from_numpy(_kernels.istft(rows.numpy(), window.numpy(), hop, length))
     else:
-        workspace = torch.empty(rows.shape[0] * frames * STFT_N_FFT, device=rows.device)
+        workspace = torch.empty(rows.shape[0] * frames * n_fft, device=rows.device)
         out = torch.empty(rows.shape[0], length, device=rows.device)
         _kernels.cuda_istft(
-            rows.device.index, _stream(rows), rows.data_ptr(), rows.shape[0], frames, window.data_ptr(), STFT_N_FFT,
-            STFT_HOP, length, workspace.data_ptr(), out.data_ptr(),
+            rows.device.index, _stream(rows), rows.data_ptr(), rows.shape[0], frames, window.data_ptr(), n_fft,
+            hop, length, workspace.data_ptr(), out.data_ptr(),
         )
     return out.reshape(*lead, length)

@@ -1,11 +1,29 @@
-"""Where official checkpoint files live in a user's weights directory, and whether they are intact."""
+"""Which weights load (official files or seeded random networks), where official checkpoint files live
+in a user's weights directory, and whether they are intact."""
 from __future__ import annotations
 
+import enum
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import WeightsError
+
+DEV_SEED = 20250328
+"""Seed of every random network (tiny or full size): the same weights on every machine and run."""
+
+
+class WeightsSource(str, enum.Enum):
+    """Where every network's weights come from, decided once (``EngineConfig.weights_source``)."""
+
+    OFFICIAL = "official"  # the official checkpoint files
+    TINY_RANDOM = "tiny-random"  # seeded random networks; the MLLM and separator at toy widths (dev)
+    FULL_RANDOM = "full-random"  # seeded random networks at full size: latency and export checks
+
+    @property
+    def random(self) -> bool:
+        return self is not WeightsSource.OFFICIAL
+
 
 # Sub-folders the upstream projects use; a flat directory works too.
 SEARCH_SUBDIRS = ("", "weights", "ext_weights", "bigvgan_v2_44khz_128band_512x", "DFN5B-CLIP-ViT-H-14-384")
@@ -48,13 +66,14 @@ def find_weight_file(weights_dir: Path, spec: WeightFile) -> Path:
     )
 
 
-def _md5_of(path: Path) -> str:
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file's bytes, read once in chunks."""
     with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "md5").hexdigest()
+        return hashlib.file_digest(handle, algorithm).hexdigest()
 
 
 def check_official_checksum(path: Path) -> None:
     """Refuse a file that carries an official name but not the official content."""
     expected = OFFICIAL_MD5.get(path.name)
-    if expected is not None and _md5_of(path) != expected:
+    if expected is not None and file_digest(path, "md5") != expected:
         raise WeightsError(f"{path} is not the official {path.name} (MD5 mismatch): re-download it")

@@ -6,12 +6,13 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from deepsound_rt.backends import available_backends, choose_backends, load_backend_graphs
+from deepsound_rt.backends import GraphLoader, available_backends, choose_backends
 from deepsound_rt.backends.onnxruntime_backend import OnnxRuntimeBackend, select_providers
 from deepsound_rt.config import PRESETS
 from deepsound_rt.errors import DeepSoundError
-from deepsound_rt.models.graphs import GENERATOR_GRAPHS
+from deepsound_rt.models.graphs import GENERATOR_GRAPHS, generator_graph_modules
 from deepsound_rt.models.loading import load_generator_models
+from deepsound_rt.weights_dir import WeightsSource
 
 GRAPHS = ("clip_image", "flow_velocity", "vocoder")
 
@@ -42,14 +43,20 @@ def test_auto_keeps_kernel_graphs_off_onnxruntime():
                            kernel_graphs={"vocoder"})["vocoder"] == "onnxruntime"
 
 
-def test_kernel_graphs_follow_the_kernels_built_and_switched_on():
+def test_kernel_graphs_stay_on_torch_only_where_the_loader_runs_our_kernels():
+    """The specs name the graphs our kernels serve (the vocoder); the loader keeps them on torch
+    only when it runs the kernels, and the kernels setting decides that per device."""
     from deepsound_rt import kernels
-    from deepsound_rt.backends import kernel_graphs_on
 
-    expected = ("vocoder",) if "cpp" in kernels.available_paths() else ()
-    assert kernel_graphs_on(torch.device("cpu")) == expected
-    with kernels.use_kernels(False):
-        assert kernel_graphs_on(torch.device("cpu")) == ()
+    exported = {name: None for name in GRAPHS}
+    on, off = GraphLoader(use_kernels=True), GraphLoader(use_kernels=False)
+    for loader in (on, off):
+        loader.__dict__["manifest"] = type("Manifest", (), {"graphs": exported})()  # an export of GRAPHS
+    assert on.choose(GRAPHS) == {"clip_image": "onnxruntime", "flow_velocity": "onnxruntime", "vocoder": "torch"}
+    assert off.choose(GRAPHS) == dict.fromkeys(GRAPHS, "onnxruntime")
+    cpu = torch.device("cpu")
+    assert kernels.enabled_for("auto", cpu) == ("cpp" in kernels.available_paths())
+    assert not kernels.enabled_for("off", cpu)
 
 
 def test_a_named_backend_must_be_available_and_exported():
@@ -105,22 +112,25 @@ def test_onnxruntime_graph_casts_inputs_and_returns_torch_tensors(scale_and_shif
         graph.run({"x": x})
 
 
+def dev_models():
+    return load_generator_models(PRESETS["dev"], None, torch.device("cpu"), torch.float32, WeightsSource.TINY_RANDOM)
+
+
 def test_without_an_export_everything_runs_on_torch():
-    models = load_generator_models(PRESETS["dev"], None, torch.device("cpu"), torch.float32)
-    graphs = load_backend_graphs("auto", None, models, torch.device("cpu"), torch.float32, "dev", 8.0)
+    modules = generator_graph_modules(dev_models())
+    graphs = GraphLoader("auto").load(modules)
     assert list(graphs) == list(GENERATOR_GRAPHS) and {g.backend for g in graphs.values()} == {"torch"}
-    with pytest.raises(DeepSoundError, match="needs the loaded models"):
-        load_backend_graphs("torch", None, None, torch.device("cpu"), torch.float32, "dev", 8.0)
+    assert GraphLoader("auto").load(modules, torch_fallback=False) == {}  # a stage then runs its torch code
     with pytest.raises(DeepSoundError, match="export"):
-        load_backend_graphs("onnxruntime", None, models, torch.device("cpu"), torch.float32, "dev", 8.0)
+        GraphLoader("onnxruntime").load(modules)
 
 
 @torch.inference_mode()
 def test_encoder_graphs_compute_what_the_encoders_compute():
     """Clip image and sync graphs spell out the encoders' one-batch path so that the exported
     frame axis stays dynamic; they must not drift from the encoders."""
-    models = load_generator_models(PRESETS["dev"], None, torch.device("cpu"), torch.float32)
-    graphs = models.graph_modules()
+    models = dev_models()
+    graphs = generator_graph_modules(models)
     frames = torch.rand(1, 3, 3, 384, 384)
     torch.testing.assert_close(graphs["clip_image"](frames), models.clip.encode_images(frames), rtol=0, atol=0)
     frames = torch.rand(1, 24, 3, 224, 224) * 2 - 1
@@ -128,10 +138,9 @@ def test_encoder_graphs_compute_what_the_encoders_compute():
 
 
 def test_the_detector_runs_on_torch_without_generator_models():
-    from deepsound_rt.export.detector import detector_example_inputs
+    from deepsound_rt.models.detector import detector_example_inputs, load_detector_module
 
-    graphs = load_backend_graphs("torch", None, None, torch.device("cpu"), torch.float32, "dev", 8.0,
-                                 graph_names=["detector"])
+    graphs = GraphLoader("torch").load({"detector": load_detector_module()})
     outputs = graphs["detector"].run(detector_example_inputs(batch=2))
     assert outputs["speech_prob"].shape == (2, 1) and outputs["next_state"].shape == (2, 2, 128)
     assert ((outputs["speech_prob"] >= 0) & (outputs["speech_prob"] <= 1)).all()

@@ -42,7 +42,7 @@ def assert_user_error(code: int, err: str, *words: str) -> None:
 
 def test_demo_writes_mp4_of_the_requested_duration(tmp_path, capsys):
     out = tmp_path / "demo" / "demo.mp4"
-    code, stdout, stderr = run_cli(capsys, "demo", "-o", out, "--duration", "2", "--steps", "3")
+    code, stdout, stderr = run_cli(capsys, "demo", "-o", out, "--duration", "2", "--steps", "3")  # --steps: the alias of --num-steps
     assert code == 0
     assert "RANDOM weights" in stderr
     assert "per-stage latency" in stdout and "vocoder" in stdout
@@ -170,7 +170,7 @@ def test_verify_passes_goldens_and_fails_a_perturbed_one(goldens_dir, tmp_path, 
 
     folder = copy_goldens(goldens_dir, tmp_path / "g")
     code, out, _ = run_cli(capsys, "verify", "--goldens", folder, "--manifests", tmp_path)
-    paths = kernels.available_paths()
+    paths = ["torch", *kernels.available_paths()]
     assert code == 0 and out.count("PASS") == len(SMALL_GOLDENS) * len(paths)
     assert all(f"[{path}]" in out for path in paths)  # each line names its compute path
 

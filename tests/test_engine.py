@@ -7,16 +7,18 @@ import pytest
 import soundfile
 import torch
 
+from deepsound_rt import kernels
 from deepsound_rt.engine import Engine, EngineConfig
 from deepsound_rt.errors import DeepSoundError, WeightsError
 from deepsound_rt.io.sample import sample_clip_path
+from deepsound_rt.models.alias_free import Activation1d
 
 STAGES = ["video decode", "clip", "synchformer", "text", "conditions", "sampling", "vae", "vocoder"]
 
 
 @pytest.fixture(scope="module")
 def engine() -> Engine:
-    return Engine(EngineConfig(preset="dev", steps=4))
+    return Engine(EngineConfig(preset="dev", num_steps=4))
 
 
 def test_generate_gives_the_requested_duration_at_the_preset_rate(engine):
@@ -97,14 +99,37 @@ def test_save_wav_round_trips(engine, tmp_path):
     np.testing.assert_array_equal(samples, result.waveform)
 
 
+def test_options_are_validated_once_with_the_allowed_values_named():
+    from deepsound_rt.options import RunOptions, with_overrides
+    from deepsound_rt.weights_dir import WeightsSource
+
+    assert EngineConfig(preset="dev").weights_source is WeightsSource.TINY_RANDOM
+    assert EngineConfig().weights_source is WeightsSource.OFFICIAL
+    assert with_overrides(EngineConfig(), {"preset": "dev"}).weights_source is WeightsSource.TINY_RANDOM
+    assert with_overrides(EngineConfig(weights_source="full-random"), {"preset": "dev"}).weights_source \
+        is WeightsSource.FULL_RANDOM
+    for bad, allowed in [({"seed": -1}, "2\\*\\*63"), ({"seed": True}, "integer"), ({"duration": 0.0}, "> 0"),
+                         ({"duration": float("nan")}, "finite"), ({"mode": "s5"}, "s4, s3, gen"),
+                         ({"judge": "llm"}, "auto, cot, qa, vad, always"), ({"prompt": 3}, "string")]:
+        with pytest.raises(DeepSoundError, match=allowed):
+            RunOptions(**bad)
+    for bad, allowed in [({"kernels": "fast"}, "auto, on, off"), ({"vad_min_speech_share": 1.5}, r"\[0, 1\]"),
+                         ({"device": "gpu"}, "cuda:N"), ({"cfg_strength": float("inf")}, "finite"),
+                         ({"weights_source": "mine"}, "tiny-random")]:
+        with pytest.raises(DeepSoundError, match=allowed):
+            EngineConfig(**bad)
+
+
 def test_bad_settings_are_user_errors():
     with pytest.raises(DeepSoundError, match="unknown preset"):
         Engine(preset="huge")
-    with pytest.raises(DeepSoundError, match="steps"):
-        Engine(preset="dev", steps=0)
+    with pytest.raises(DeepSoundError, match="num_steps"):
+        Engine(preset="dev", num_steps=0)
     with pytest.raises(WeightsError, match="needs --weights"):
         Engine(preset="small_16k")
-    with pytest.raises(TypeError, match="unknown EngineConfig field"):
+    with pytest.raises(WeightsError, match="no official weights"):
+        Engine(preset="dev", weights_source="official")
+    with pytest.raises(DeepSoundError, match="unknown EngineConfig field temperature"):
         Engine(preset="dev", temperature=1.0)
 
 
@@ -115,3 +140,17 @@ def test_audio_covers_a_low_frame_rate_video_to_its_end(engine, tmp_path):
     video = make_test_video(tmp_path / "12fps.mp4", 3.0, 12, (96, 64))
     result = engine.generate(video)
     assert result.duration_s == 3.0 and len(result.waveform) == 3 * 44100
+
+
+@pytest.mark.skipif(kernels.path_for("cpu") is None, reason="deepsound_rt._kernels is not built")
+def test_two_engines_in_one_process_choose_their_kernels():
+    """The kernels setting is handed to the modules at construction: one Engine runs our kernels,
+    the other torch ops, side by side, and both give the same audio."""
+    on, off = (Engine(EngineConfig(preset="dev", num_steps=2, kernels=setting)) for setting in ("on", "off"))
+    for engine, expected in ((on, True), (off, False)):
+        flags = {m.use_kernels for m in engine.models.vocoder.modules() if isinstance(m, Activation1d)}
+        assert flags == {expected}
+        assert engine.separator.model.kernel_transform is expected and engine.reasoner.use_kernels is expected
+    with_kernels = on.generate(sample_clip_path(), duration=1.0, seed=5).waveform
+    without = off.generate(sample_clip_path(), duration=1.0, seed=5).waveform
+    np.testing.assert_allclose(with_kernels, without, atol=1e-4, rtol=0)

@@ -22,14 +22,17 @@ from deepsound_rt.config import PRESETS
 from deepsound_rt.engine import Engine, EngineConfig
 from deepsound_rt.export import ExportError, ExportManifest, export_preset
 from deepsound_rt.export.manifest import MANIFEST_NAME, sequence_lengths_for
-from deepsound_rt.export.registry import DEFAULT_GRAPHS, GRAPH_SPECS, STEP_GRAPHS, ExportContext, default_graphs
+from deepsound_rt.errors import WeightsError
 from deepsound_rt.io.sample import sample_clip_path
-from deepsound_rt.models.loading import DEV_SEED
 from deepsound_rt.models.mllm import prompt
 from deepsound_rt.models.mllm.decoding import DecodingSettings, generate
+from deepsound_rt.models.mllm.graphs import CACHE_SLOTS, MLLM_GRAPHS, ExportedDecoder
 from deepsound_rt.models.mllm.tiny import tiny_mllm
-from deepsound_rt.models.step_graphs import CACHE_SLOTS, ExportedDecoder
+from deepsound_rt.models.spec import ExportContext, default_graphs, graph_spec
 from deepsound_rt.verify.export_parity import verify_export
+from deepsound_rt.weights_dir import DEV_SEED, WeightsSource
+
+STEP_GRAPHS = ("separator_core", *MLLM_GRAPHS)
 
 CLIP_S = 2.0  # the generator runs on torch in these tests: a short clip keeps them fast
 
@@ -47,8 +50,9 @@ def export_copy(step_export, tmp_path) -> Path:
 
 
 def test_dev_exports_them_by_default_and_full_size_presets_on_request():
-    assert default_graphs(PRESETS["dev"]) == (*DEFAULT_GRAPHS, *STEP_GRAPHS)
-    assert default_graphs(PRESETS["small_16k"]) == DEFAULT_GRAPHS
+    always = default_graphs(WeightsSource.OFFICIAL)
+    assert default_graphs(WeightsSource.TINY_RANDOM) == (*always, *STEP_GRAPHS)
+    assert default_graphs(WeightsSource.FULL_RANDOM) == always and not set(always) & set(STEP_GRAPHS)
 
 
 def test_manifest_records(step_export):
@@ -56,7 +60,7 @@ def test_manifest_records(step_export):
     assert list(manifest.graphs) == list(STEP_GRAPHS)
     manifest.check_files(step_export)
     for name, record in manifest.graphs.items():
-        assert record.family == GRAPH_SPECS[name].family and len(record.weights.sha256) == 64
+        assert record.family == graph_spec(name).family and len(record.weights.sha256) == 64
         assert list(record.files) == [f"{name}.onnx", f"{name}.onnx.data"]
         model = onnx.load(str(step_export / record.onnx_file), load_external_data=False)
         assert [i.name for i in record.inputs] == [i.name for i in model.graph.input], name
@@ -116,7 +120,7 @@ def runs(step_export) -> dict[str, tuple[Engine, object]]:
     Runtime; the generator, which it lacks, on torch)."""
     results = {}
     for backend, export in (("torch", None), ("auto", step_export)):
-        engine = Engine(EngineConfig(preset="dev", steps=2, backend=backend, export=export))
+        engine = Engine(EngineConfig(preset="dev", num_steps=2, backend=backend, export=export))
         results[backend] = engine, engine.run(sample_clip_path(), judge="qa", duration=CLIP_S, seed=3)
     return results
 
@@ -174,14 +178,16 @@ def test_an_export_of_other_weights_is_refused(export_copy):
 
 
 def test_the_mllm_exports_from_random_weights_only(tmp_path):
-    ctx = ExportContext(PRESETS["small_16k"], 8.0, sequence_lengths_for("small_16k", 8.0), weights=tmp_path)
-    with pytest.raises(ExportError, match="random weights only"):
-        ctx.modules("mllm")
+    ctx = ExportContext(PRESETS["small_16k"], 8.0, sequence_lengths_for("small_16k", 8.0), WeightsSource.OFFICIAL,
+                        weights=tmp_path)
+    with pytest.raises(WeightsError, match="random weights only"):
+        ctx.module(graph_spec("mllm_vision"))
 
 
 @pytest.mark.skipif(os.environ.get("DEEPSOUND_RT_SLOW") != "1", reason="full-size export: set DEEPSOUND_RT_SLOW=1")
 def test_full_size_separator_core_exports_and_matches_torch(tmp_path):
-    manifest = export_preset("large_44k_v2", tmp_path / "separator", random_weights=True, graphs=["separator_core"])
+    manifest = export_preset("large_44k_v2", tmp_path / "separator", weights_source="full-random",
+                             graphs=["separator_core"])
     assert manifest.graphs["separator_core"].tensorrt_incompatibilities == []
     reports = verify_export(tmp_path / "separator")
     assert all(r.passed for r in reports), [(r.name, r.max_abs, r.atol, r.error) for r in reports]

@@ -1,5 +1,6 @@
-"""deepsound_rt.kernels on every compute path present (torch, cpp, cuda): against the goldens, against
-the torch reference on random shapes, error cases, and the fallback when the extension is missing.
+"""deepsound_rt.kernels on every kernel path present (cpp, cuda) against the goldens and against the
+models' torch references (also run on the goldens as path ``torch``) on random shapes, error cases,
+and what happens when the extension is missing.
 
 CUDA cases run the same inputs through the CUDA kernel, the C++ kernel and the torch reference.
 """
@@ -11,14 +12,15 @@ import pytest
 import torch
 
 from deepsound_rt import kernels
+from deepsound_rt.errors import DeepSoundError
 from deepsound_rt.models import fbank
 from deepsound_rt.models.alias_free import kaiser_sinc_filter, snake_beta_antialiased_reference
-from deepsound_rt.models.mel import MEL_16K, MEL_44K
+from deepsound_rt.models.mel import MEL_16K, MEL_44K, MelConverter, linear_magnitude
 from deepsound_rt.verify.golden import load_golden
 from deepsound_rt.verify.kernels import RUNNERS_BY_PATH
 
-PATHS = kernels.available_paths()
-NATIVE_PATHS = [p for p in ("cpp", "cuda") if p in PATHS]
+NATIVE_PATHS = kernels.available_paths()
+PATHS = ["torch", *NATIVE_PATHS]
 HAS_CUDA_KERNELS = "cuda" in PATHS
 needs_native = pytest.mark.skipif(not NATIVE_PATHS, reason="deepsound_rt._kernels is not built")
 needs_cuda = pytest.mark.skipif(not HAS_CUDA_KERNELS, reason="no CUDA device or CUDA kernels not built")
@@ -37,6 +39,48 @@ SNAKE_TOLERANCE = {torch.float32: (2e-5, 1e-5), torch.float16: (1e-4, 2.0**-10),
 
 def _device(path: str) -> str:
     return "cuda" if path == "cuda" else "cpu"
+
+
+# The separator's transform: n_fft 2048, hop 441, periodic Hann, centred, not normalised.
+STFT_WINDOW = torch.hann_window(2048)
+STFT_HOP = 441
+
+
+def run_mel(wave, params, path, return_magnitude=False):
+    """MMAudio's mel on ``path``: the MelConverter reference ("torch") or our kernel."""
+    converter = MelConverter.from_config(params)
+    if path != "torch":
+        return kernels.mel_spectrogram(wave.to(_device(path)), converter.mel_basis, converter.mel_spans,
+                                       converter.hann_window, params.n_fft, params.hop_size, params.log,
+                                       return_magnitude=return_magnitude)
+    rows = wave.reshape(-1, wave.shape[-1])
+    mel = converter(rows).reshape(*wave.shape[:-1], params.num_mels, -1)
+    if not return_magnitude:
+        return mel
+    magnitude = linear_magnitude(rows, converter.hann_window, params.n_fft, params.hop_size)
+    return mel, magnitude.reshape(*wave.shape[:-1], *magnitude.shape[-2:])
+
+
+def run_fbank(wave, path):
+    return fbank.kaldi_fbank(wave.to(_device(path)), use_kernels=path != "torch")
+
+
+def run_stft(x, path):
+    if path != "torch":
+        return kernels.stft(x.to(_device(path)), STFT_WINDOW.to(_device(path)), STFT_HOP)
+    rows = x.reshape(-1, x.shape[-1])
+    spec = torch.stft(rows, 2048, STFT_HOP, 2048, STFT_WINDOW, center=True, pad_mode="reflect", normalized=False,
+                      onesided=True, return_complex=True)
+    return spec.reshape(*x.shape[:-1], *spec.shape[-2:])
+
+
+def run_istft(spec, length, path):
+    if path != "torch":
+        return kernels.istft(spec.to(_device(path)), STFT_WINDOW.to(_device(path)), STFT_HOP, length)
+    rows = spec.reshape(-1, *spec.shape[-2:])
+    out = torch.istft(rows, 2048, STFT_HOP, 2048, STFT_WINDOW, center=True, normalized=False, onesided=True,
+                      length=length)
+    return out.reshape(*spec.shape[:-2], length)
 
 
 def _golden_atol(golden, name: str, expected: torch.Tensor) -> float:
@@ -93,7 +137,7 @@ def _assert_snake_close(got, reference, what=""):
 def _run_snake(path, x, alpha, beta, up=KAISER, down=KAISER, **kwargs):
     device = _device(path)
     y = kernels.snake_beta_antialiased(
-        x.to(device), alpha.to(device), beta.to(device), up.to(device), down.to(device), path=path, **kwargs
+        x.to(device), alpha.to(device), beta.to(device), up.to(device), down.to(device), **kwargs
     )
     assert y.device.type == device
     return y.cpu()
@@ -160,75 +204,59 @@ def test_snake_half_outputs_across_sin_ranges(path, dtype):
 def test_snake_in_activation1d_module(path):
     from deepsound_rt.models.alias_free import Activation1d, SnakeBeta
 
+    """A module built with ``use_kernels`` runs the kernel; without, the reference."""
     module = Activation1d(SnakeBeta(7)).to(_device(path))
     with torch.no_grad():
         module.act.alpha.normal_(0, 0.4)
         module.act.beta.normal_(0, 0.4)
+    fused = Activation1d(SnakeBeta(7), use_kernels=True).to(_device(path))
+    fused.load_state_dict(module.state_dict())
     x = torch.randn(2, 7, 333, device=_device(path))
-    got = kernels.snake_beta_antialiased(
-        x, module.act.alpha, module.act.beta, module.upsample.filter, module.downsample.lowpass.filter, path=path
-    )
     with torch.no_grad():
-        torch.testing.assert_close(got, module(x), atol=2e-5, rtol=1e-5)
+        torch.testing.assert_close(fused(x), module(x), atol=2e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("path", PATHS)
+@needs_native
+@pytest.mark.parametrize("path", NATIVE_PATHS)
 def test_snake_rejects_bad_arguments(path):
     device = _device(path)
     x = torch.randn(1, 4, 50, device=device)
     a = torch.zeros(4, device=device)
     f = KAISER.to(device)
     with pytest.raises(ValueError):
-        kernels.snake_beta_antialiased(x[0], a, a, f, f, path=path)  # not (B, C, T)
+        kernels.snake_beta_antialiased(x[0], a, a, f, f)  # not (B, C, T)
     with pytest.raises(ValueError):
-        kernels.snake_beta_antialiased(x, a[:3], a, f, f, path=path)  # channels differ
+        kernels.snake_beta_antialiased(x, a[:3], a, f, f)  # channels differ
     with pytest.raises(ValueError):
-        kernels.snake_beta_antialiased(x, a, a, torch.ones(1, device=device), f, path=path)  # 1 tap
+        kernels.snake_beta_antialiased(x, a, a, torch.ones(1, device=device), f)  # 1 tap
     with pytest.raises(ValueError):
-        kernels.snake_beta_antialiased(x, a, a, f, torch.ones(65, device=device), path=path)  # 65 taps
+        kernels.snake_beta_antialiased(x, a, a, f, torch.ones(65, device=device))  # 65 taps
     with pytest.raises(ValueError):
-        kernels.snake_beta_antialiased(x[..., :0], a, a, f, f, path=path)  # empty
+        kernels.snake_beta_antialiased(x[..., :0], a, a, f, f)  # empty
     with pytest.raises(ValueError):
-        kernels.snake_beta_antialiased(x, a, a, f, f, path="fast")
-    if path != "torch":
-        with pytest.raises(ValueError):
-            kernels.snake_beta_antialiased(x.double(), a, a, f, f, path=path)
+        kernels.snake_beta_antialiased(x.double(), a, a, f, f)
 
 
-def test_unavailable_or_mismatched_path_is_refused():
-    x = torch.randn(1, 2, 30)
-    a = torch.zeros(2)
-    if not HAS_CUDA_KERNELS:
-        with pytest.raises(RuntimeError):
-            kernels.snake_beta_antialiased(x, a, a, KAISER, KAISER, path="cuda")
-    else:  # a CUDA kernel does not take CPU tensors and vice versa
-        with pytest.raises(ValueError):
-            kernels.snake_beta_antialiased(x, a, a, KAISER, KAISER, path="cuda")
-        with pytest.raises(ValueError):
-            kernels.snake_beta_antialiased(x.cuda(), a.cuda(), a.cuda(), KAISER, KAISER, path="cpp")
-
-
-def test_fallback_without_extension(monkeypatch):
+def test_without_the_extension_nothing_claims_our_kernels(monkeypatch):
+    """Not built: no kernel path, ``auto`` runs torch ops, ``on`` is a user error, and a kernel
+    call says why it cannot run."""
     monkeypatch.setattr(kernels, "_kernels", None)
-    assert kernels.available_paths() == ["torch"]
-    assert kernels.default_path("cpu") == "torch" and kernels.default_path("cuda") == "torch"
+    cpu = torch.device("cpu")
+    assert kernels.available_paths() == [] and kernels.path_for(cpu) is None
+    assert not kernels.enabled_for("auto", cpu) and not kernels.enabled_for("off", cpu)
+    with pytest.raises(DeepSoundError, match="kernels 'on'"):
+        kernels.enabled_for("on", cpu)
     x, alpha, beta = _snake_inputs(1, 3, 100, torch.float32, seed=4)
-    torch.testing.assert_close(
-        kernels.snake_beta_antialiased(x, alpha, beta, KAISER, KAISER),
-        snake_beta_antialiased_reference(x, alpha, beta, KAISER, KAISER),
-        atol=0.0, rtol=0.0,
-    )
-    wave = torch.rand(2, 8000) * 2 - 1
-    torch.testing.assert_close(kernels.mel_spectrogram(wave, MEL_16K), kernels.mel_spectrogram(wave, MEL_16K, "torch"))
-    torch.testing.assert_close(kernels.kaldi_fbank(wave[0]), fbank.kaldi_fbank(wave[0]))
-    with pytest.raises(RuntimeError):
-        kernels.mel_spectrogram(wave, MEL_16K, path="cpp")
+    with pytest.raises(RuntimeError, match="not available"):
+        kernels.snake_beta_antialiased(x, alpha, beta, KAISER, KAISER)
 
 
-def test_default_path_names_the_compiled_path():
-    assert kernels.default_path("cpu") == ("cpp" if "cpp" in PATHS else "torch")
-    if HAS_CUDA_KERNELS:
-        assert kernels.default_path("cuda") == "cuda"
+def test_the_path_follows_the_device():
+    assert kernels.path_for("cpu") == ("cpp" if "cpp" in NATIVE_PATHS else None)
+    assert kernels.path_for("cuda") == ("cuda" if HAS_CUDA_KERNELS else None)
+    if not HAS_CUDA_KERNELS and torch.cuda.is_available():
+        with pytest.raises(DeepSoundError):
+            kernels.enabled_for("on", torch.device("cuda"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -244,13 +272,13 @@ def test_mel_matches_reference(path, params):
     for shape in [(1, pad + 1), (rng.randint(1, 3), rng.randint(2000, 30000)), (2, 2, 4001), (params.sampling_rate,)]:
         g = torch.Generator().manual_seed(shape[-1])
         wave = torch.randn(*shape, generator=g) * 0.5  # some samples beyond [-1, 1]: clamped
-        mel_ref, mag_ref = kernels.mel_spectrogram(wave, params, "torch", return_magnitude=True)
-        mel, mag = kernels.mel_spectrogram(wave.to(_device(path)), params, path, return_magnitude=True)
+        mel_ref, mag_ref = run_mel(wave, params, "torch", return_magnitude=True)
+        mel, mag = run_mel(wave, params, path, return_magnitude=True)
         assert mel.shape == mel_ref.shape and mag.shape == mag_ref.shape
         torch.testing.assert_close(mel.cpu(), mel_ref, atol=1e-4, rtol=1e-5)
         torch.testing.assert_close(mag.cpu(), mag_ref, atol=1e-4, rtol=1e-5)
         if path == "cuda":
-            torch.testing.assert_close(mel.cpu(), kernels.mel_spectrogram(wave, params, "cpp"), atol=1e-4, rtol=1e-5)
+            torch.testing.assert_close(mel.cpu(), run_mel(wave, params, "cpp"), atol=1e-4, rtol=1e-5)
 
 
 @needs_native
@@ -260,11 +288,11 @@ def test_fbank_matches_reference(path):
         g = torch.Generator().manual_seed(shape[-1])
         wave = torch.round(torch.randn(*shape, generator=g) * 4000) / 32768  # s16-quantised audio
         reference = fbank.kaldi_fbank(wave)
-        got = kernels.kaldi_fbank(wave.to(_device(path)), path=path)
+        got = run_fbank(wave, path)
         assert got.shape == reference.shape == (*shape[:-1], 1 + (shape[-1] - 400) // 160, 128)
         torch.testing.assert_close(got.cpu(), reference, atol=1e-3, rtol=1e-5)
         if path == "cuda":
-            torch.testing.assert_close(got.cpu(), kernels.kaldi_fbank(wave, path="cpp"), atol=1e-3, rtol=1e-5)
+            torch.testing.assert_close(got.cpu(), run_fbank(wave, "cpp"), atol=1e-3, rtol=1e-5)
 
 
 @needs_native
@@ -274,36 +302,37 @@ def test_stft_istft_match_reference(path):
     for shape in [(1025,), (2, 44100), (2, 1, 7 * 441 + 13)]:
         g = torch.Generator().manual_seed(shape[-1])
         x = torch.randn(*shape, generator=g)
-        reference = kernels.stft(x, "torch")
-        spec = kernels.stft(x.to(device), path)
+        reference = run_stft(x, "torch")
+        spec = run_stft(x, path)
         assert spec.shape == reference.shape == (*shape[:-1], 1025, 1 + shape[-1] // 441)
         assert spec.dtype == torch.complex64
         torch.testing.assert_close(spec.cpu(), reference, atol=5e-4, rtol=1e-5)
         length = shape[-1]
-        torch.testing.assert_close(kernels.istft(spec, length, path).cpu(), x, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(run_istft(spec, length, path).cpu(), x, atol=1e-5, rtol=1e-5)
         noise = torch.randn(reference.shape, dtype=torch.complex64, generator=g)  # not a consistent spectrum
         for n in (length, 441 * reference.shape[-1], 1):
             torch.testing.assert_close(
-                kernels.istft(noise.to(device), n, path).cpu(), kernels.istft(noise, n, "torch"), atol=1e-5, rtol=1e-5
+                run_istft(noise.to(device), n, path).cpu(), run_istft(noise, n, "torch"), atol=1e-5, rtol=1e-5
             )
 
 
-@pytest.mark.parametrize("path", PATHS)
+@needs_native
+@pytest.mark.parametrize("path", NATIVE_PATHS)
 def test_front_ends_reject_bad_arguments(path):
     device = _device(path)
     with pytest.raises(ValueError):
-        kernels.mel_spectrogram(torch.zeros(1, 300, device=device), MEL_16K, path)  # shorter than the padding
+        run_mel(torch.zeros(1, 300, device=device), MEL_16K, path)  # shorter than the padding
     with pytest.raises(ValueError):
-        kernels.kaldi_fbank(torch.zeros(399, device=device), path)
+        run_fbank(torch.zeros(399, device=device), path)
     with pytest.raises(ValueError):
-        kernels.kaldi_fbank(torch.zeros(1, 1, 800, device=device), path)
+        run_fbank(torch.zeros(1, 1, 800, device=device), path)
     with pytest.raises(ValueError):
-        kernels.stft(torch.zeros(1024, device=device), path)
+        run_stft(torch.zeros(1024, device=device), path)
     spec = torch.zeros(1025, 4, dtype=torch.complex64, device=device)
     with pytest.raises(ValueError):
-        kernels.istft(spec, 441 * 4 + 1, path)
+        run_istft(spec, 441 * 4 + 1, path)
     with pytest.raises(ValueError):
-        kernels.istft(spec[:1000], 100, path)
+        run_istft(spec[:1000], 100, path)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -331,13 +360,33 @@ def test_cuda_non_contiguous_input():
     _assert_snake_close(y.cpu(), snake_beta_antialiased_reference(x, alpha, beta, KAISER, KAISER), "strided")
 
 
-@pytest.mark.parametrize("path", [p for p in ("cpp", "cuda") if p in kernels.available_paths()])
+@pytest.mark.parametrize("path", NATIVE_PATHS)
 def test_stft_of_a_silent_frame_is_exactly_zero(path):
     """torch.stft gives exact zeros there, and BS-RoFormer's RMSNorm turns any leak into unit norm."""
     device = "cuda" if path == "cuda" else "cpu"
     x = torch.randn(2, 20000, generator=torch.Generator().manual_seed(0))
     x[:, 6000:14000] = 0
-    reference = kernels.stft(x, "torch")
+    reference = run_stft(x, "torch")
     silent = reference.abs().amax(dim=(0, 1)) == 0
     assert silent.sum() >= 8
-    assert torch.count_nonzero(kernels.stft(x.to(device), path).cpu()[..., silent]) == 0
+    assert torch.count_nonzero(run_stft(x.to(device), path).cpu()[..., silent]) == 0
+
+
+@needs_native
+def test_separator_and_judge_front_end_built_with_kernels_match_torch():
+    """BS-RoFormer's STFT/iSTFT and the judge's fbank, built with ``use_kernels``, against the
+    same modules built without."""
+    from deepsound_rt.models.bs_roformer import BSROFORMER_TINY, BSRoformer
+    from deepsound_rt.models.mllm.audio_input import audio_features
+
+    torch.manual_seed(0)
+    plain = BSRoformer(BSROFORMER_TINY).eval()
+    fused = BSRoformer(BSROFORMER_TINY, use_kernels=True).eval()
+    fused.load_state_dict(plain.state_dict())
+    assert fused.kernel_transform and not plain.kernel_transform
+    mix = torch.randn(1, 2, 20000, generator=torch.Generator().manual_seed(1)) * 0.3
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(mix), plain(mix), atol=1e-5, rtol=1e-4)
+    wave = torch.round(torch.randn(48000, generator=torch.Generator().manual_seed(2)) * 3000) / 32768
+    steps = (audio_features(wave, use_kernels=True).float() - audio_features(wave).float()).abs()
+    assert float(steps.max()) <= 2 ** (int(audio_features(wave).float().abs().max().log2()) - 7)  # one bf16 step

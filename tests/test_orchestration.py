@@ -53,7 +53,7 @@ class Calls:
 
 @pytest.fixture(scope="module")
 def base_engine() -> Engine:
-    return Engine(EngineConfig(preset="dev", steps=2))
+    return Engine(EngineConfig(preset="dev", num_steps=2))
 
 
 @pytest.fixture
@@ -62,10 +62,10 @@ def rig(base_engine, monkeypatch):
     calls = Calls()
     answers = {"voice_over": True, "silent": False}
 
-    def generate(video, prompt="", negative_prompt="", duration=None, seed=42, progress=None):
-        calls.generate.append(negative_prompt)
-        audio = NEG if negative_prompt == "human voice" else STEP1
-        return GenerationResult(audio, RATE, 1.0, Path(video), Timings(), "dev", seed, "cpu", "float32")
+    def generate(video, options, progress=None):
+        calls.generate.append(options.negative_prompt)
+        audio = NEG if options.negative_prompt == "human voice" else STEP1
+        return GenerationResult(audio, RATE, 1.0, Path(video), Timings(), "dev", options.seed, "cpu", "float32")
 
     def judge(video, audio, rate, mode):
         calls.judge += 1
@@ -179,7 +179,7 @@ def test_a_missing_separator_checkpoint_fails_before_any_work(rig, monkeypatch):
     import dataclasses
 
     engine, calls, _ = rig
-    monkeypatch.setattr(engine, "preset", dataclasses.replace(engine.preset, random_weights=False))
+    monkeypatch.setattr(engine, "config", dataclasses.replace(engine.config, weights_source="official"))
     with pytest.raises(DeepSoundError, match="BS-RoFormer checkpoint"):
         engine.run("clip.mp4", judge="vad")
     assert calls.generate == []

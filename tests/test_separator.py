@@ -219,10 +219,11 @@ def test_resample_matches_analytic_tones(rate: int) -> None:
     y = resample(x, rate, 44100)
     assert y.shape[-1] == 44100
     interior = slice(2000, -2000)  # the filter's zero padding disturbs the ends
-    assert (y - _tones(44100, 44100, freqs))[interior].abs().max() < 1e-5
+    # soxr HQ (DeepSound's resampler) ripples by up to ~4e-4 of a tone at 80 % of Nyquist (0.3 here)
+    assert (y - _tones(44100, 44100, freqs))[interior].abs().max() < 2e-4
     back = resample(y, 44100, rate)
     assert back.shape[-1] == rate
-    assert (back - x)[interior].abs().max() < 1e-5
+    assert (back - x)[interior].abs().max() < 4e-4
 
 
 def test_remove_vocals_keeps_rate_and_length() -> None:

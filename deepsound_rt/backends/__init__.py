@@ -4,24 +4,26 @@ choice of runtime per graph.
 ``torch`` runs the graph modules themselves; ``onnxruntime`` and ``tensorrt`` run an export
 directory (``deepsound-rt export``), which was made for one preset at one duration. ``auto``
 takes, per graph, the best backend that is installed and has the graph:
-tensorrt > onnxruntime > torch, except that graphs where our fused kernels run on the device
-(:data:`~deepsound_rt.models.graphs.KERNEL_GRAPHS`) stay on torch unless TensorRT is there.
+tensorrt > onnxruntime > torch, except that graphs whose spec says our fused kernels serve them
+stay on torch where those kernels run, unless TensorRT is there. :class:`GraphLoader` is the one
+loading path for every graph (generator, separator, MLLM, detector).
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING, Collection, Mapping, Sequence
 
 import torch
+from torch import nn
 
 from ..errors import DeepSoundError
-from ..models.graphs import GENERATOR_GRAPHS, KERNEL_GRAPHS
+from ..models.spec import graph_spec
 from .base import Graph
 
 if TYPE_CHECKING:
     from ..export.manifest import ExportManifest
-    from ..models.loading import GeneratorModels
 
 BACKENDS = ("tensorrt", "onnxruntime", "torch")  # best first
 AUTO = "auto"
@@ -67,78 +69,75 @@ def choose_backends(requested: str | None, available: Sequence[str], graph_names
     return {name: requested for name in graph_names}
 
 
-def kernel_graphs_on(device: torch.device) -> tuple[str, ...]:
-    """The graphs whose torch form runs our fused kernels on ``device`` (none when the kernels are
-    not built for it or are switched off)."""
-    from .. import kernels
+class GraphLoader:
+    """Where an Engine's graphs run: the backend asked for, the export (if any), the device and
+    dtype, the preset the export must be of, and whether our kernels run in the torch modules.
 
-    if kernels.runtime_path() == "torch" or kernels.default_path(device) == "torch":
-        return ()
-    return KERNEL_GRAPHS
-
-
-def load_backend_graphs(backend: str | Mapping[str, str] | None, export_dir: str | Path | None,
-                        models: GeneratorModels | None, device: torch.device, dtype: torch.dtype,
-                        preset_name: str, duration_s: float, graph_names: Sequence[str] = GENERATOR_GRAPHS,
-                        engine_cache_dir: str | Path | None = None, check_files: bool = True) -> dict[str, Graph]:
-    """Load ``graph_names`` on the chosen backends (a name for all, or graph -> backend).
-
-    With ``export_dir``, the export must be of ``preset_name`` at ``duration_s`` (same sequence
-    lengths), its files must match their hashes (``check_files``), and, when ``models`` are given,
-    its weights must be theirs (dtype casts allowed); each violation is an ``ExportError``.
-    ``models`` may be ``None`` when no graph runs on torch. TensorRT engines are cached in
-    ``engine_cache_dir`` (default: ``<export_dir>/tensorrt``) and built at ``dtype``'s precision.
+    The export's manifest is read and checked once, on first use.
     """
-    from ..export.manifest import ENGINE_CACHE_DIR, ExportError, ExportManifest, weights_fingerprint
-    from .torch_backend import TorchBackend
 
-    manifest: ExportManifest | None = None
-    if export_dir is not None:
-        export_dir = Path(export_dir)
-        manifest = ExportManifest.load(export_dir)
-        manifest.check_compatible(preset_name, duration_s, export_dir)
-    exported = manifest.graphs if manifest is not None else {}
-    choice = dict(backend) if isinstance(backend, Mapping) else choose_backends(
-        backend, available_backends(device), graph_names, exported, kernel_graphs_on(device))
-    on_torch = [name for name in graph_names if choice[name] == "torch"]
-    from_export = [name for name in graph_names if choice[name] != "torch"]
-    modules = models.graph_modules() if models is not None else {}
-    if from_export:
-        if manifest is None:
-            raise DeepSoundError(f"graphs {from_export} need an export directory for {choice[from_export[0]]}")
-        if check_files:
-            manifest.check_files(export_dir, from_export)
+    def __init__(self, backend: str = AUTO, export: str | Path | None = None, device: torch.device = torch.device("cpu"),
+                 dtype: torch.dtype = torch.float32, preset: str = "dev", use_kernels: bool = False,
+                 engine_cache_dir: str | Path | None = None):
+        self.backend = backend
+        self.export = None if export is None else Path(export)
+        self.device, self.dtype, self.preset, self.use_kernels = device, dtype, preset, use_kernels
+        self.engine_cache_dir = engine_cache_dir
+
+    @functools.cached_property
+    def manifest(self) -> ExportManifest | None:
+        from ..export.manifest import ExportManifest
+
+        if self.export is None:
+            return None
+        manifest = ExportManifest.load(self.export)
+        manifest.check_compatible(self.preset, manifest.duration_s, self.export)
+        return manifest
+
+    def choose(self, names: Sequence[str]) -> dict[str, str]:
+        """graph -> backend for ``names``: see :func:`choose_backends`."""
+        exported = self.manifest.graphs if self.manifest is not None else {}
+        kernel_graphs = [name for name in names if self.use_kernels and graph_spec(name).kernels]
+        return choose_backends(self.backend, available_backends(self.device), names, exported, kernel_graphs)
+
+    def load(self, modules: Mapping[str, nn.Module], torch_fallback: bool = True) -> dict[str, Graph]:
+        """Graphs for ``modules`` (graph name -> the torch module it is, or was exported from), each
+        on its chosen backend. Those chosen for torch run their module, or, without
+        ``torch_fallback``, are left out (the stage runs its own torch code for them).
+
+        Exported graphs must match their manifest hashes and the weights of their modules (dtype
+        casts allowed); each violation is an ``ExportError``. TensorRT engines are cached in
+        ``engine_cache_dir`` (default: ``<export>/tensorrt``) and built at the dtype's precision.
+        """
+        from ..export.manifest import ENGINE_CACHE_DIR, ExportError, weights_fingerprint
+        from .torch_backend import TorchBackend
+
+        if not torch_fallback:  # only what the export holds
+            held = self.manifest.graphs if self.manifest is not None else {}
+            modules = {name: module for name, module in modules.items() if name in held}
+            if not modules:
+                return {}
+        choice = self.choose(list(modules))
+        from_export = [name for name in modules if choice[name] != "torch"]
+        graphs: dict[str, Graph] = {}
+        if torch_fallback:
+            torch_backend = TorchBackend(self.device, self.dtype)
+            graphs = {name: torch_backend.load(graph_spec(name), module) for name, module in modules.items()
+                      if choice[name] == "torch"}
+        if not from_export:
+            return graphs
+        self.manifest.check_files(self.export, from_export)
         for name in from_export:
-            if name in modules and not weights_fingerprint(modules[name], exact=False).same_weights(
-                    manifest.graphs[name].weights):
-                raise ExportError(f"export {export_dir} was made from other weights than those loaded (graph {name}): "
+            if not weights_fingerprint(modules[name], exact=False).same_weights(self.manifest.graphs[name].weights):
+                raise ExportError(f"export {self.export} was made from other weights than those loaded (graph {name}): "
                                   f"re-export with the same preset and weights")
-
-    graphs: dict[str, Graph] = {}
-    torch_backend = TorchBackend(device, dtype)
-    for name in on_torch:
-        graphs[name] = torch_backend.load(name, _torch_module(name, modules, device))
-    if from_export:
-        cache_dir = Path(engine_cache_dir) if engine_cache_dir is not None else export_dir / ENGINE_CACHE_DIR
-        loaders = _export_loaders(device, dtype, cache_dir)
+        cache_dir = Path(self.engine_cache_dir) if self.engine_cache_dir is not None else self.export / ENGINE_CACHE_DIR
+        loaders = _export_loaders(self.device, self.dtype, cache_dir)
         for name in from_export:
-            record = manifest.graphs[name]
-            graph = loaders[choice[name]](name, export_dir, record)
-            graph.manifest = manifest
+            graph = loaders[choice[name]](name, self.export, self.manifest.graphs[name])
+            graph.manifest = self.manifest
             graphs[name] = graph
-    return graphs
-
-
-def _torch_module(name: str, generator_modules: Mapping[str, torch.nn.Module], device: torch.device) -> torch.nn.Module:
-    """The module the torch backend runs for ``name``: the detector comes from its package, the
-    rest from the loaded generator models."""
-    if name == "detector":
-        from ..export.detector import load_detector_module
-
-        return load_detector_module().to(device)
-    if name not in generator_modules:
-        raise DeepSoundError(f"graph {name} runs on torch, which needs the loaded models")
-    return generator_modules[name]
+        return {name: graphs[name] for name in modules if name in graphs}
 
 
 def _export_loaders(device: torch.device, dtype: torch.dtype, cache_dir: Path) -> dict:

@@ -12,6 +12,7 @@ import logging
 import torch
 from torch import nn
 
+from ..models.spec import GraphSpec
 from .base import Tensors
 from .torch_backend import TorchGraph
 
@@ -27,17 +28,17 @@ class _Captured:
 class CudaGraphTorchGraph(TorchGraph):
     backend = "torch+cudagraph"
 
-    def __init__(self, name: str, module: nn.Module, device: torch.device, dtype: torch.dtype):
+    def __init__(self, spec: GraphSpec, module: nn.Module, device: torch.device, dtype: torch.dtype):
         if device.type != "cuda":
             raise ValueError("CUDA graphs need a CUDA device")
-        super().__init__(name, module, device, dtype)
+        super().__init__(spec, module, device, dtype)
         self._captured: dict[tuple, _Captured | None] = {}  # None: capture failed, run eagerly
 
     def run(self, inputs: Tensors) -> dict[str, torch.Tensor]:
-        missing = [n for n in self.signature.inputs if n not in inputs]
+        missing = [n for n in self.spec.inputs if n not in inputs]
         if missing:
             raise KeyError(f"graph {self.name} needs inputs {missing}")
-        prepared = [self._prepare(n, inputs[n]) for n in self.signature.inputs]
+        prepared = [self._prepare(n, inputs[n]) for n in self.spec.inputs]
         key = tuple((tuple(t.shape), t.dtype) for t in prepared)
         if key not in self._captured:
             self._captured[key] = self._capture(prepared)
@@ -47,7 +48,7 @@ class CudaGraphTorchGraph(TorchGraph):
         for static, value in zip(captured.inputs, prepared):
             static.copy_(value, non_blocking=True)
         captured.graph.replay()
-        return {name: out.clone() for name, out in zip(self.signature.outputs, captured.outputs)}
+        return {name: out.clone() for name, out in zip(self.spec.outputs, captured.outputs)}
 
     def _capture(self, prepared: list[torch.Tensor]) -> _Captured | None:
         static = [t.clone() for t in prepared]

@@ -4,39 +4,40 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..models.spec import GraphSpec
 from .base import Tensors
 
 
 class TorchGraph:
-    """Runs a graph module with inputs given by name, in the module's declared order.
+    """Runs a graph module with inputs given by name, in the order its spec declares.
 
     Floating-point inputs are moved to the graph's device and compute dtype, except those the
-    signature keeps in float32; integer inputs (token ids) keep their dtype.
+    spec keeps in float32; integer inputs (token ids) keep their dtype.
     """
 
     backend = "torch"
 
-    def __init__(self, name: str, module: nn.Module, device: torch.device, dtype: torch.dtype):
-        self.name = name
+    def __init__(self, spec: GraphSpec, module: nn.Module, device: torch.device, dtype: torch.dtype):
+        self.name = spec.name
         self.module = module
-        self.signature = module.signature
+        self.spec = spec.bound(module)
         self.device = device
         self.dtype = dtype
 
     def _prepare(self, name: str, value: torch.Tensor) -> torch.Tensor:
         if not value.is_floating_point():
             return value.to(self.device, non_blocking=True)
-        dtype = torch.float32 if name in self.signature.fp32_inputs else self.dtype
+        dtype = torch.float32 if name in self.spec.fp32_inputs else self.dtype
         return value.to(self.device, dtype, non_blocking=True)
 
     def run(self, inputs: Tensors) -> dict[str, torch.Tensor]:
-        missing = [n for n in self.signature.inputs if n not in inputs]
+        missing = [n for n in self.spec.inputs if n not in inputs]
         if missing:
             raise KeyError(f"graph {self.name} needs inputs {missing}")
         with torch.inference_mode():
-            result = self.module(*(self._prepare(n, inputs[n]) for n in self.signature.inputs))
+            result = self.module(*(self._prepare(n, inputs[n]) for n in self.spec.inputs))
         outputs = result if isinstance(result, tuple) else (result,)
-        return dict(zip(self.signature.outputs, outputs))
+        return dict(zip(self.spec.outputs, outputs))
 
 
 class TorchBackend:
@@ -50,5 +51,5 @@ class TorchBackend:
     def available() -> bool:
         return True
 
-    def load(self, name: str, module: nn.Module) -> TorchGraph:
-        return TorchGraph(name, module, self.device, self.dtype)
+    def load(self, spec: GraphSpec, module: nn.Module) -> TorchGraph:
+        return TorchGraph(spec, module, self.device, self.dtype)

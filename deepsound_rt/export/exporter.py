@@ -7,26 +7,28 @@ from typing import Callable, Sequence
 import onnx
 import torch
 
-from ..config import PRESETS
-from ..models.loading import DEV_SEED
-from ..progress import ProgressEvent
-from ..weights_dir import find_weight_file
-from .manifest import ENGINE_CACHE_DIR, MANIFEST_NAME, ExportError, ExportManifest, GraphRecord, sequence_lengths_for, sha256_file, \
-    weights_fingerprint
-from .onnx import OPSET, graph_files, tensor_specs, tensorrt_incompatibilities
-from .registry import GRAPH_SPECS, ExportContext, default_graphs
+from ..config import DEFAULT_DURATION_S, PRESETS
+from ..errors import WeightsError
+from ..events import ProgressEvent
+from ..models.spec import ExportContext, default_graphs, graph_specs
+from ..options import resolve_weights_source
+from ..weights_dir import DEV_SEED, WeightsSource, file_digest, find_weight_file
+from .manifest import (ENGINE_CACHE_DIR, MANIFEST_NAME, ExportError, ExportManifest, GraphRecord, sequence_lengths_for,
+                       weights_fingerprint)
+from .onnx import OPSET, graph_files, tensor_specs, tensorrt_incompatibilities, trace_to_onnx
 
 EXPORT_DTYPES = ("fp32",)
 _EXPORT_SUFFIXES = (".onnx", ".onnx.data", ".partial")
 
 
 def export_preset(preset_name: str, out_dir: str | Path, weights: str | Path | None = None, dtype: str = "fp32",
-                  duration_s: float = 8.0, random_weights: bool = False,
+                  duration_s: float = DEFAULT_DURATION_S, weights_source: WeightsSource | str = "auto",
                   progress: Callable[[ProgressEvent], None] | None = None,
                   graphs: Sequence[str] | None = None) -> ExportManifest:
-    """Export ``graphs`` (default: the generator's seven and the detector, and for dev also the
-    separator's and the MLLM's four) of ``preset_name`` for clips of ``duration_s`` seconds into
-    ``out_dir`` and return the manifest written there.
+    """Export ``graphs`` (default: those the specs export with this weights source: the generator's
+    seven and the detector, and with tiny random weights also the separator's and the MLLM's four)
+    of ``preset_name`` for clips of ``duration_s`` seconds into ``out_dir`` and return the manifest
+    written there. ``weights_source`` as ``EngineConfig.weights_source`` (auto: the preset's own).
 
     Graphs are fp32: ONNX Runtime on a CPU wants fp32, and TensorRT picks fp16/bf16 when it
     builds its engine, so one export serves every precision. The duration's sequence lengths
@@ -40,29 +42,32 @@ def export_preset(preset_name: str, out_dir: str | Path, weights: str | Path | N
         raise ExportError(f"export dtype '{dtype}' is not offered: graphs are exported in fp32 and TensorRT "
                           "chooses fp16/bf16 when it builds the engine (export/build_tensorrt.py --precision)")
     preset = PRESETS[preset_name]
-    names = list(default_graphs(preset) if graphs is None else graphs)
-    unknown = [name for name in names if name not in GRAPH_SPECS]
+    source = resolve_weights_source(preset_name, weights_source)
+    specs = graph_specs()
+    names = list(default_graphs(source) if graphs is None else graphs)
+    unknown = [name for name in names if name not in specs]
     if unknown:
-        raise ExportError(f"unknown graphs {unknown} (known: {', '.join(GRAPH_SPECS)})")
+        raise ExportError(f"unknown graphs {unknown} (known: {', '.join(specs)})")
     lengths = sequence_lengths_for(preset_name, duration_s)
-    random = preset.random_weights or random_weights
-    ctx = ExportContext(preset, duration_s, lengths, weights=None if weights is None else Path(weights),
-                        random_weights=random_weights)
-    source = _weights_source(ctx, random)  # before any work: a missing weight file fails fast
+    ctx = ExportContext(preset, duration_s, lengths, source, weights=None if weights is None else Path(weights))
+    recorded_source = _weights_source(ctx)  # before any work: a missing weight file fails fast
     out_dir = _prepare_out_dir(Path(out_dir))
 
     records: dict[str, GraphRecord] = {}
     for name in names:
         stage = f"export {name}"
         report(ProgressEvent(stage, 0, 1))
-        spec = GRAPH_SPECS[name]
+        spec = specs[name]
         path = out_dir / f"{name}.onnx"
-        spec.export(ctx, path)
+        try:
+            _write(spec, ctx, path)
+        except WeightsError as exc:
+            raise ExportError(str(exc)) from None
         model = onnx.load(str(path), load_external_data=False)
         inputs, outputs = tensor_specs(model)
         records[name] = GraphRecord(
             name=name, family=spec.family,
-            files={file.name: sha256_file(file) for file in graph_files(path)},
+            files={file.name: file_digest(file) for file in graph_files(path)},
             inputs=inputs, outputs=outputs, dynamic_axes=spec.axes(ctx),
             weights=weights_fingerprint(ctx.module(spec)), atol=spec.atol, rtol=spec.rtol,
             tensorrt_incompatibilities=tensorrt_incompatibilities(model))
@@ -70,23 +75,35 @@ def export_preset(preset_name: str, out_dir: str | Path, weights: str | Path | N
 
     manifest = ExportManifest(
         preset=preset_name, duration_s=float(duration_s), sequence_lengths=lengths, precision=dtype, opset=OPSET,
-        source=source, graphs=records,
+        source=recorded_source, graphs=records,
         exporter={"torch": torch.__version__, "onnx": onnx.__version__, "method": "torch.onnx.export(dynamo=True)"})
     manifest.save(out_dir)
     return manifest
 
 
-def _weights_source(ctx: ExportContext, random: bool) -> dict:
+def _write(spec, ctx: ExportContext, path: Path) -> None:
+    """Trace the spec's module at the ``opt`` sizes, or write the ONNX the spec ships."""
+    if spec.write_onnx is not None:
+        spec.write_onnx(path)
+        return
+    trace_to_onnx(spec, ctx.module(spec), spec.sample_inputs(ctx, spec.opt_sizes(ctx)), spec.axes(ctx), path)
+
+
+def _weights_source(ctx: ExportContext) -> dict:
     """Where the weights came from: the seed of random ones, or each official file's SHA-256."""
-    if random:
-        return {"random_weights": True, "seed": DEV_SEED, "weights_dir": None, "files": {}}
+    source = ctx.weights_source
+    if source.random:
+        return {"weights_source": source.value, "seed": DEV_SEED, "weights_dir": None, "files": {}}
+    if not ctx.preset.files:
+        raise ExportError(f"preset '{ctx.preset.name}' has no official weights (weights source "
+                          f"{WeightsSource.TINY_RANDOM.value})")
     if ctx.weights is None:
         raise ExportError(f"preset '{ctx.preset.name}' needs --weights DIR (or --random-weights)")
     files = {}
     for spec in ctx.preset.files:
         path = find_weight_file(ctx.weights, spec)
-        files[spec.role] = {"name": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
-    return {"random_weights": False, "seed": None, "weights_dir": str(ctx.weights.resolve()), "files": files}
+        files[spec.role] = {"name": path.name, "sha256": file_digest(path), "bytes": path.stat().st_size}
+    return {"weights_source": source.value, "seed": None, "weights_dir": str(ctx.weights.resolve()), "files": files}
 
 
 def _prepare_out_dir(out_dir: Path) -> Path:

@@ -17,10 +17,12 @@ import torch
 from torch import nn
 
 from ..errors import DeepSoundError
+from ..models.spec import AxisRange
+from ..weights_dir import file_digest
 
 MANIFEST_NAME = "manifest.json"
 ENGINE_CACHE_DIR = "tensorrt"  # default TensorRT engine cache, inside the export directory
-FORMAT = "deepsound_rt.export/1"
+FORMAT = "deepsound_rt.export/2"  # 2: the source records its weights source
 # Position tables rebuilt for every duration; the duration itself is checked instead.
 DURATION_TABLES = frozenset({"latent_rot", "clip_rot", "sync_src_index"})
 FINGERPRINT_BUCKETS = 16
@@ -29,19 +31,6 @@ FINGERPRINT_RTOL = 1e-2  # bf16 rounding moves a sum of squares by ~1e-3 relativ
 
 class ExportError(DeepSoundError):
     """An export directory is missing, corrupt, stale, or made for another preset or duration."""
-
-
-@dataclass(frozen=True)
-class AxisRange:
-    """Sizes a dynamic axis may take: TensorRT profiles use all three, ONNX Runtime any in range."""
-
-    min: int
-    opt: int
-    max: int
-
-    def __post_init__(self) -> None:
-        if not 0 < self.min <= self.opt <= self.max:
-            raise ValueError(f"axis range needs 0 < min <= opt <= max, got {self}")
 
 
 @dataclass(frozen=True)
@@ -130,7 +119,7 @@ class ExportManifest:
     sequence_lengths: dict[str, int]  # latent, clip, sync tokens at duration_s
     precision: str
     opset: int
-    source: dict  # random_weights, weights_dir, files {role: {name, sha256, bytes}}
+    source: dict  # weights_source, seed, weights_dir, files {role: {name, sha256, bytes}}
     graphs: dict[str, GraphRecord]
     exporter: dict = field(default_factory=dict)  # torch / onnx versions
     format: str = FORMAT
@@ -188,7 +177,7 @@ class ExportManifest:
                 path = directory / file_name
                 if not path.is_file():
                     raise ExportError(f"export {directory} lacks {file_name} (graph {name}); re-export")
-                if sha256_file(path) != expected:
+                if file_digest(path) != expected:
                     raise ExportError(f"{path} does not match its manifest hash (corrupt or replaced); re-export")
 
 
@@ -209,11 +198,6 @@ def sequence_lengths_for(preset_name: str, duration_s: float) -> dict[str, int]:
 
 def _lengths_text(lengths: Mapping[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in lengths.items()) + " tokens"
-
-
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _weight_tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:

@@ -13,9 +13,8 @@ import onnx
 import torch
 from torch import nn
 
-from .. import kernels
-from ..models.graphs import GraphSignature
-from .manifest import AxisRange, ExportError, TensorSpec
+from ..models.spec import AxisRange, GraphSpec
+from .manifest import ExportError, TensorSpec
 
 OPSET = 18  # >= 17 for LayerNormalization; TensorRT 10 parses opsets 9-20
 TENSORRT_OPSETS = range(9, 21)
@@ -52,7 +51,7 @@ def _quiet_exporter() -> Iterator[None]:
             logger.setLevel(level)
 
 
-def dynamic_shapes(signature: GraphSignature, axes: Mapping[str, AxisRange],
+def dynamic_shapes(signature: GraphSpec, axes: Mapping[str, AxisRange],
                    module: nn.Module | None = None) -> tuple | None:
     """``torch.export`` dims per input (one ``Dim`` per axis name, so shared names stay equal);
     axes without a range are exported at their traced size. Inputs that ``module.forward`` takes
@@ -70,18 +69,17 @@ def dynamic_shapes(signature: GraphSignature, axes: Mapping[str, AxisRange],
     return shapes if packed is None else (*shapes[:packed], shapes[packed:])
 
 
-def trace_to_onnx(module: nn.Module, inputs: Mapping[str, torch.Tensor], axes: Mapping[str, AxisRange],
-                  path: Path, opset: int = OPSET) -> None:
-    """Export ``module`` (a graph module with a ``signature``) with the dynamo exporter.
+def trace_to_onnx(spec: GraphSpec, module: nn.Module, inputs: Mapping[str, torch.Tensor],
+                  axes: Mapping[str, AxisRange], path: Path, opset: int = OPSET) -> None:
+    """Export ``module`` (the graph ``spec`` describes, built with our kernels off: they are opaque
+    to the exporter) with the dynamo exporter.
 
     Weights go to ``<path>.data`` beside the graph, which is what lets graphs over 2 GB (CLIP
     ViT-H) be written at all. The ONNX program is optimised (constants folded) before saving.
     """
-    signature: GraphSignature = module.signature
+    signature = spec.bound(module)
     args = tuple(inputs[name] for name in signature.inputs)
-    # Our C++/CUDA kernels are opaque to the exporter: trace the torch reference they are tested
-    # against (verify then compares the graph with the module as it runs, kernels included).
-    with _quiet_exporter(), kernels.use_kernels(False):
+    with _quiet_exporter():
         program = torch.onnx.export(
             module.eval(), args, None, dynamo=True, input_names=list(signature.inputs),
             output_names=list(signature.outputs), dynamic_shapes=dynamic_shapes(signature, axes, module),
@@ -90,7 +88,7 @@ def trace_to_onnx(module: nn.Module, inputs: Mapping[str, torch.Tensor], axes: M
     _check_dynamic_axes(onnx.load(str(path), load_external_data=False), signature, axes, path.stem)
 
 
-def _check_dynamic_axes(model: onnx.ModelProto, signature: GraphSignature, axes: Mapping[str, AxisRange],
+def _check_dynamic_axes(model: onnx.ModelProto, signature: GraphSpec, axes: Mapping[str, AxisRange],
                         graph: str) -> None:
     """The exporter quietly fixes an axis to its traced size when the code guards on it; refuse that."""
     declared = {value.name: value.type.tensor_type.shape.dim for value in model.graph.input}

@@ -2,9 +2,10 @@
 
 A periodic activation creates harmonics above the Nyquist frequency; running it at twice the rate
 between two kaiser-windowed sinc filters keeps them from folding back as aliasing. The whole path is
-the one function :func:`snake_beta_antialiased_reference` so that a fused kernel can replace
-``Activation1d.forward`` and be tested against it. Exported graphs take
-:func:`snake_beta_antialiased_polyphase`, the same values without a transposed convolution.
+the one function :func:`snake_beta_antialiased_reference`, the torch reference of our fused kernel
+(``deepsound_rt.kernels.snake_beta_antialiased``), which an ``Activation1d`` built with
+``use_kernels`` runs instead. Exported graphs take :func:`snake_beta_antialiased_polyphase`, the
+same values without a transposed convolution.
 """
 from __future__ import annotations
 
@@ -172,26 +173,20 @@ class Activation1d(nn.Module):
     The filters are persistent buffers because the checkpoints store them; they are deterministic.
     """
 
-    def __init__(self, activation: SnakeBeta) -> None:
+    def __init__(self, activation: SnakeBeta, use_kernels: bool = False) -> None:
         super().__init__()
+        self.use_kernels = use_kernels
         self.act = activation
         self.upsample = _Filter()
         self.downsample = _DownSample2x()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Our fused kernel where it is built (C++ on CPU, CUDA on GPU), else the torch reference;
-        the polyphase form when exported (ONNX Runtime and TensorRT run it as plain convolutions)."""
+        """Our fused kernel when built with ``use_kernels`` (C++ on CPU, CUDA on GPU), else the torch
+        reference; the polyphase form when exported (ONNX Runtime and TensorRT run it as plain
+        convolutions)."""
+        params = (self.act.alpha, self.act.beta, self.upsample.filter, self.downsample.lowpass.filter)
         if torch.compiler.is_exporting():
-            return snake_beta_antialiased_polyphase(
-                x, self.act.alpha, self.act.beta, self.upsample.filter, self.downsample.lowpass.filter,
-                logscale=self.act.alpha_logscale,
-            )
-        return kernels.snake_beta_antialiased(
-            x,
-            self.act.alpha,
-            self.act.beta,
-            self.upsample.filter,
-            self.downsample.lowpass.filter,
-            kernels.runtime_path(),
-            logscale=self.act.alpha_logscale,
-        )
+            return snake_beta_antialiased_polyphase(x, *params, logscale=self.act.alpha_logscale)
+        if self.use_kernels:
+            return kernels.snake_beta_antialiased(x, *params, logscale=self.act.alpha_logscale)
+        return snake_beta_antialiased_reference(x, *params, logscale=self.act.alpha_logscale)

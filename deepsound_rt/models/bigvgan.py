@@ -104,7 +104,8 @@ def _same_padding(kernel_size: int, dilation: int) -> int:
 class AMPBlock(nn.Module):
     """Residual stack: for each dilation, x += conv2(act(conv1_dilated(act(x)))), each act its own."""
 
-    def __init__(self, channels: int, kernel_size: int, dilations: tuple[int, ...], snake_logscale: bool) -> None:
+    def __init__(self, channels: int, kernel_size: int, dilations: tuple[int, ...], snake_logscale: bool,
+                 use_kernels: bool) -> None:
         super().__init__()
         self.convs1 = nn.ModuleList(
             nn.Conv1d(channels, channels, kernel_size, dilation=d, padding=_same_padding(kernel_size, d))
@@ -115,7 +116,8 @@ class AMPBlock(nn.Module):
         )
         # Interleaved as in the checkpoint: activations[2i] precedes convs1[i], [2i+1] precedes convs2[i].
         self.activations = nn.ModuleList(
-            Activation1d(SnakeBeta(channels, alpha_logscale=snake_logscale)) for _ in range(2 * len(dilations))
+            Activation1d(SnakeBeta(channels, alpha_logscale=snake_logscale), use_kernels)
+            for _ in range(2 * len(dilations))
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -126,9 +128,10 @@ class AMPBlock(nn.Module):
 
 
 class BigVGAN(nn.Module):
-    """Mel (B, num_mels, T) -> waveform (B, 1, hop_length·T) in [-1, 1]."""
+    """Mel (B, num_mels, T) -> waveform (B, 1, hop_length·T) in [-1, 1]. ``use_kernels``: the
+    anti-aliased activations run our fused kernel (as upstream's ``use_cuda_kernel``)."""
 
-    def __init__(self, config: BigVGANConfig) -> None:
+    def __init__(self, config: BigVGANConfig, use_kernels: bool = False) -> None:
         super().__init__()
         self.config = config
         channels = config.upsample_initial_channel
@@ -140,8 +143,8 @@ class BigVGAN(nn.Module):
             self.ups.append(nn.ModuleList([upsample]))
             channels //= 2
             for kernel_size, dilations in zip(config.resblock_kernel_sizes, config.resblock_dilation_sizes):
-                self.resblocks.append(AMPBlock(channels, kernel_size, dilations, config.snake_logscale))
-        self.activation_post = Activation1d(SnakeBeta(channels, alpha_logscale=config.snake_logscale))
+                self.resblocks.append(AMPBlock(channels, kernel_size, dilations, config.snake_logscale, use_kernels))
+        self.activation_post = Activation1d(SnakeBeta(channels, alpha_logscale=config.snake_logscale), use_kernels)
         self.conv_post = nn.Conv1d(channels, 1, 7, padding=3, bias=config.use_bias_at_final)
 
     def forward(self, mel: torch.Tensor, intermediates: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
@@ -210,10 +213,10 @@ def checkpoint_shapes(config: BigVGANConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def load_vocoder_file(path: str | Path, config: BigVGANConfig) -> BigVGAN:
+def load_vocoder_file(path: str | Path, config: BigVGANConfig, use_kernels: bool = False) -> BigVGAN:
     """Read a ``{"generator": state_dict}`` checkpoint (both official files) into an eval-mode model."""
     state = load_state_file(path)
-    model = BigVGAN(config).eval()
+    model = BigVGAN(config, use_kernels).eval()
     try:
         model.load_checkpoint(pick_sub_state(state, "generator", path))
     except WeightsError as exc:

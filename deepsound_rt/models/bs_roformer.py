@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import kernels
-
 from ..errors import WeightsError
+from ..weights_dir import DEV_SEED, WeightFile, WeightsSource
 from .weights import load_state_file, load_strict, state_shapes
 
 VIPERX_FREQS_PER_BANDS: tuple[int, ...] = (
@@ -122,6 +122,15 @@ BSROFORMER_VIPERX_317 = BSRoformerConfig(
     stft_n_fft=2048,
     stft_hop_length=441,
     stft_win_length=2048,
+)
+
+# viperx ep317 inference settings (audio.chunk_size, inference.num_overlap, inference.batch_size).
+VIPERX_CHUNK_SIZE = 352800
+VIPERX_NUM_OVERLAP = 2
+VIPERX_BATCH_SIZE = 4
+SEPARATOR_FILE = WeightFile(
+    "separator", ("model_bs_roformer_ep_317_sdr_12.9755.ckpt",),
+    "BS-RoFormer viperx ep317 vocal separator (DeepSound's pretrained/remove_vo/checkpoints/)",
 )
 
 # Same band split and STFT as viperx, tiny width: for the dev preset and tests.
@@ -278,11 +287,16 @@ class MaskEstimator(nn.Module):
 
 class BSRoformer(nn.Module):
     """(B, channels, T) waveform -> separated stem(s), as upstream's ``forward`` without a target:
-    (B, channels, T) for one stem, (B, stems, channels, T) for several."""
+    (B, channels, T) for one stem, (B, stems, channels, T) for several. ``use_kernels``: the STFT
+    and iSTFT run our kernels where they implement the configured transform."""
 
-    def __init__(self, config: BSRoformerConfig) -> None:
+    def __init__(self, config: BSRoformerConfig, use_kernels: bool = False) -> None:
         super().__init__()
         self.config = config
+        n_fft = config.stft_n_fft
+        # Our kernels: a window as long as the FFT, a power-of-two size, not normalised.
+        self.kernel_transform = use_kernels and config.stft_win_length == n_fft and not config.stft_normalized \
+            and n_fft & (n_fft - 1) == 0
         time_rotary = RotaryEmbedding(config.dim_head)
         freq_rotary = RotaryEmbedding(config.dim_head)
         self.layers = nn.ModuleList(
@@ -304,20 +318,14 @@ class BSRoformer(nn.Module):
     def _window(self, device: torch.device) -> torch.Tensor:
         return torch.hann_window(self.config.stft_win_length, device=device)
 
-    def _kernel_stft(self) -> bool:
-        """Our STFT kernels implement exactly the viperx transform (2048/441/2048, not normalised)."""
-        c = self.config
-        return (c.stft_n_fft, c.stft_hop_length, c.stft_win_length, c.stft_normalized) == (
-            kernels.STFT_N_FFT, kernels.STFT_HOP, kernels.STFT_N_FFT, False)
-
     def stft(self, audio: torch.Tensor) -> torch.Tensor:
         """(N, T) -> (N, bins, frames, [re, im]) float32: centred, reflect-padded, periodic Hann.
 
         The only place the forward STFT happens: our kernel where it applies, else torch.stft.
         """
         c = self.config
-        if self._kernel_stft():
-            return torch.view_as_real(kernels.stft(audio.float(), kernels.runtime_path()))
+        if self.kernel_transform:
+            return torch.view_as_real(kernels.stft(audio.float(), self._window(audio.device), c.stft_hop_length))
         spec = torch.stft(
             audio.float(),
             n_fft=c.stft_n_fft,
@@ -333,8 +341,8 @@ class BSRoformer(nn.Module):
         """(N, bins, frames, [re, im]) -> (N, length) float32; inverse of :meth:`stft`."""
         c = self.config
         complex_spec = torch.view_as_complex(spec.float().contiguous())
-        if self._kernel_stft():
-            return kernels.istft(complex_spec, length, kernels.runtime_path())
+        if self.kernel_transform:
+            return kernels.istft(complex_spec, self._window(spec.device), c.stft_hop_length, length)
         return torch.istft(
             complex_spec,
             n_fft=c.stft_n_fft,
@@ -418,11 +426,27 @@ def checkpoint_shapes(config: BSRoformerConfig = BSROFORMER_VIPERX_317) -> dict[
     return state_shapes(model)
 
 
-def load_separator_file(path: str | Path, config: BSRoformerConfig = BSROFORMER_VIPERX_317) -> BSRoformer:
+def load_separator_file(path: str | Path, config: BSRoformerConfig = BSROFORMER_VIPERX_317,
+                        use_kernels: bool = False) -> BSRoformer:
     """Read a plain state-dict checkpoint (viperx ``.ckpt``) into an eval-mode model."""
-    model = BSRoformer(config).eval()
+    model = BSRoformer(config, use_kernels).eval()
     try:
         model.load_checkpoint(load_state_file(path))
     except WeightsError as exc:
         raise WeightsError(f"{path}: {exc}") from None
     return model
+
+
+def separator_network(source: WeightsSource, path: str | Path | None, use_kernels: bool = False) -> BSRoformer:
+    """The viperx separator from ``source``: its checkpoint at ``path``, or seeded random weights
+    at toy width (tiny-random) or full size (full-random)."""
+    if source is WeightsSource.OFFICIAL:
+        if path is None:
+            raise WeightsError("the separator needs the BS-RoFormer checkpoint "
+                               f"({SEPARATOR_FILE.names[0]}) in the weights directory")
+        return load_separator_file(path, use_kernels=use_kernels)
+    config = BSROFORMER_TINY if source is WeightsSource.TINY_RANDOM else BSROFORMER_VIPERX_317
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(DEV_SEED)
+        return BSRoformer(config, use_kernels).eval()
+

@@ -168,19 +168,23 @@ class ClipEncoder(nn.Module):
         """(B, context_length) int64 BPE ids: [SOT, tokens..., EOT, 0...], truncated to fit."""
         return self.tokenizer(list(texts))
 
+    def normalized_images(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3, 384, 384) frames in [0, 1] -> (B·T, 3, 384, 384) in the model dtype, normalised
+        with CLIP's mean and std (cast first, as MMAudio casts the video before normalising)."""
+        size = self.config.frame_size
+        if tuple(frames.shape[2:]) != (3, size, size):
+            raise InputError(f"CLIP frames must be (3, {size}, {size}), got {tuple(frames.shape[2:])}")
+        images = frames.to(self.dtype).flatten(0, 1)
+        return (images - self.mean.to(self.dtype)) / self.std.to(self.dtype)
+
     @torch.inference_mode()
     def encode_images(self, frames: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
         """(B, T, 3, 384, 384) frames in [0, 1] -> (B, T, embed_dim) unit-norm image embeddings.
 
         ``batch_size`` bounds how many frames go through the tower at once (all when ``None``).
         """
-        batch, length, channels, height, width = frames.shape
-        size = self.config.frame_size
-        if (channels, height, width) != (3, size, size):
-            raise InputError(f"CLIP frames must be (3, {size}, {size}), got {tuple(frames.shape[2:])}")
-        # cast first, as MMAudio casts the video to the model dtype before normalising
-        images = frames.to(self.device, self.dtype).flatten(0, 1)
-        images = (images - self.mean.to(self.dtype)) / self.std.to(self.dtype)
+        batch, length = frames.shape[:2]
+        images = self.normalized_images(frames.to(self.device))
         chunks = images.split(batch_size or len(images))
         embeddings = torch.cat([self.model.encode_image(chunk, normalize=True) for chunk in chunks])
         return embeddings.view(batch, length, -1)

@@ -2,15 +2,19 @@
 computes it with the options VideoLLaMA2 passes, and BEATs' input normalisation.
 
 Written against torchaudio's pure-python implementation so the SDK needs no torchaudio; every step
-runs in float32 in the same order, and the filterbank and window are separate functions so that a
-kernel can take them as inputs and stay exact.
+runs in float32 in the same order. This is the torch reference of our fused fbank kernel, which
+:func:`kaldi_fbank` runs with ``use_kernels``; the filterbank and window are separate functions so
+that the kernel takes them as inputs and stays exact.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import torch.nn.functional as F
+
+from .. import kernels
 
 SAMPLE_RATE = 16_000
 NUM_MEL_BINS = 128
@@ -70,24 +74,30 @@ def kaldi_mel_banks(
     return torch.clamp(torch.minimum(up_slope, down_slope), min=0.0)
 
 
-def kaldi_fbank(
-    waveform: torch.Tensor,
-    mel_banks: torch.Tensor | None = None,
-    window: torch.Tensor | None = None,
-) -> torch.Tensor:
+@functools.lru_cache(maxsize=4)
+def _constants(device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mel banks, their spans, Povey window) on ``device``, built once."""
+    banks = kaldi_mel_banks().contiguous()
+    return banks.to(device), kernels.filter_spans(banks).to(device), povey_window().contiguous().to(device)
+
+
+def kaldi_fbank(waveform: torch.Tensor, use_kernels: bool = False) -> torch.Tensor:
     """Log-mel filterbank of a 16 kHz waveform in [-1, 1]: (L,) -> (frames, 128), (B, L) -> (B, frames, 128).
 
     frames = 1 + (L - 400) // 160 (only whole frames, Kaldi's snip_edges). Steps per frame: scale by
     2^15, remove the mean, pre-emphasis 0.97 (first sample against itself), Povey window, zero-pad to
-    512, power spectrum, mel filterbank, log of max(energy, float32 eps).
+    512, power spectrum, mel filterbank, log of max(energy, float32 eps). ``use_kernels``: our fused
+    kernel computes the same.
     """
     if waveform.dim() not in (1, 2):
         raise ValueError(f"waveform must be (L,) or (B, L), got shape {tuple(waveform.shape)}")
     if waveform.shape[-1] < FRAME_LENGTH:
         raise ValueError(f"waveform needs at least {FRAME_LENGTH} samples, got {waveform.shape[-1]}")
-    device = waveform.device
-    mel_banks = (kaldi_mel_banks() if mel_banks is None else mel_banks).to(device=device, dtype=torch.float32)
-    window = (povey_window() if window is None else window).to(device=device, dtype=torch.float32)
+    mel_banks, spans, window = _constants(str(waveform.device))
+    if use_kernels:
+        return kernels.kaldi_fbank(waveform, mel_banks, spans, window, frame_shift=FRAME_SHIFT,
+                                   padded_frame_length=PADDED_FRAME_LENGTH, preemphasis=PREEMPHASIS,
+                                   waveform_scale=WAVEFORM_SCALE, log_floor=LOG_FLOOR)
     scaled = waveform.float() * WAVEFORM_SCALE
     frames = scaled.unfold(-1, FRAME_LENGTH, FRAME_SHIFT)  # (..., frames, 400)
     frames = frames - frames.mean(dim=-1, keepdim=True)

@@ -1,30 +1,24 @@
-"""Build the generator's networks for a preset: from official files, or tiny and random (``dev``)."""
+"""Build the generator's networks for a preset: from the official files, or seeded random ones
+(the preset's own sizes: tiny for ``dev``, full size for the official presets)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import torch
 from torch import nn
 
 from ..errors import WeightsError
-from ..weights_dir import check_official_checksum, find_weight_file
+from ..weights_dir import DEV_SEED, WeightsSource, check_official_checksum, find_weight_file
 from .bigvgan import BigVGAN, load_vocoder_file
 from .clip import ClipEncoder
-from .graphs import (ClipImageGraph, ClipTextGraph, FlowConditionsGraph, FlowVelocityGraph, SyncGraph,
-                     VaeDecodeGraph, VocoderGraph)
 from .mmaudio.network import TRAINING_DURATION_S, MMAudio, sequence_lengths
 from .synchformer import Synchformer
 from .vae import VAE
 from .weights import load_state_file
 
-# Which networks each generator graph runs (see graph_modules).
-NETWORKS_OF_GRAPH = {
-    "clip_image": ("clip",), "clip_text": ("clip",), "sync": ("synchformer",), "flow_conditions": ("flow",),
-    "flow_velocity": ("flow",), "vae_decode": ("vae",), "vocoder": ("vocoder",),
-}
-DEV_SEED = 20250328  # dev weights are random but the same on every machine and run
+NETWORKS = ("flow", "vae", "vocoder", "synchformer", "clip")
+"""The step-1 networks, each from one weight file (the roles of ``Preset.files``)."""
 
 
 @dataclass
@@ -49,34 +43,14 @@ class GeneratorModels:
         if (latent, clip, sync) != (self.flow.latent_seq_len, self.flow.clip_seq_len, self.flow.sync_seq_len):
             self.flow.update_seq_lengths(latent, clip, sync)
 
-    def release_unused(self, torch_graphs: Iterable[str]) -> None:
-        """Free the weights of the networks that no graph in ``torch_graphs`` runs (their graphs run
-        on an exported backend), so a CPU holds one copy of each network, not two."""
-        needed = {network for graph in torch_graphs for network in NETWORKS_OF_GRAPH[graph]}
-        for name in ("flow", "vae", "vocoder", "synchformer", "clip"):
-            if name not in needed:
-                setattr(self, name, getattr(self, name).to("meta"))
 
-    def graph_modules(self) -> dict[str, torch.nn.Module]:
-        """The generator as named graphs (see :mod:`.graphs`), for a backend to load or export."""
-        return {
-            "clip_image": ClipImageGraph(self.clip),
-            "clip_text": ClipTextGraph(self.clip),
-            "sync": SyncGraph(self.synchformer),
-            "flow_conditions": FlowConditionsGraph(self.flow),
-            "flow_velocity": FlowVelocityGraph(self.flow),
-            "vae_decode": VaeDecodeGraph(self.flow, self.vae),
-            "vocoder": VocoderGraph(self.vocoder),
-        }
-
-
-def _finish(module: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
+def _prepared_for_inference(module: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
     for parameter in module.parameters():
         parameter.requires_grad_(False)
     return module.eval().to(device=device, dtype=dtype)
 
 
-def _random_models(preset, device: torch.device) -> GeneratorModels:
+def _random_models(preset, device: torch.device, use_kernels: bool) -> GeneratorModels:
     """Seeded random networks, built directly on ``device`` (full-size random init is slow on a CPU)."""
     lengths = sequence_lengths(TRAINING_DURATION_S, preset.sampling_rate, preset.hop_length)
     forked = [device] if device.type == "cuda" else []
@@ -85,7 +59,7 @@ def _random_models(preset, device: torch.device) -> GeneratorModels:
         models = GeneratorModels(
             flow=MMAudio(preset.flow, *lengths),
             vae=VAE(preset.vae.data_dim, preset.vae.embed_dim, preset.vae.hidden_dim),
-            vocoder=BigVGAN(preset.vocoder),
+            vocoder=BigVGAN(preset.vocoder, use_kernels=use_kernels),
             synchformer=Synchformer(preset.synchformer),
             clip=ClipEncoder(preset.clip),
         )
@@ -99,7 +73,7 @@ def _random_models(preset, device: torch.device) -> GeneratorModels:
     return models
 
 
-def _official_models(preset, weights_dir: Path, verify_checksums: bool) -> GeneratorModels:
+def _official_models(preset, weights_dir: Path, verify_checksums: bool, use_kernels: bool) -> GeneratorModels:
     paths = {spec.role: find_weight_file(weights_dir, spec) for spec in preset.files}  # all present first
     if verify_checksums:
         for path in paths.values():
@@ -118,7 +92,7 @@ def _official_models(preset, weights_dir: Path, verify_checksums: bool) -> Gener
     return GeneratorModels(
         flow=flow,
         vae=vae,
-        vocoder=load_vocoder_file(paths["vocoder"], preset.vocoder),
+        vocoder=load_vocoder_file(paths["vocoder"], preset.vocoder, use_kernels=use_kernels),
         synchformer=synchformer,
         clip=ClipEncoder.from_weights(paths["clip"], preset.clip),
     )
@@ -132,16 +106,20 @@ def _load(load_fn, state: dict, path: Path) -> None:
 
 
 def load_generator_models(preset, weights_dir: Path | None, device: torch.device, dtype: torch.dtype,
-                          verify_checksums: bool = True, random_weights: bool = False) -> GeneratorModels:
-    """All step-1 networks of ``preset`` on ``device`` in ``dtype``. Official presets need
-    ``weights_dir`` unless ``random_weights`` (full-size shapes for benchmarks and export checks:
-    latency does not depend on weight values)."""
-    if preset.random_weights or random_weights:
-        models = _random_models(preset, device)
+                          source: WeightsSource, verify_checksums: bool = True,
+                          use_kernels: bool = False) -> GeneratorModels:
+    """All step-1 networks of ``preset`` on ``device`` in ``dtype``, from ``source``: the official
+    files in ``weights_dir``, or seeded random weights of the preset's sizes (latency does not
+    depend on weight values). ``use_kernels``: the vocoder runs our fused activations."""
+    if source.random:
+        models = _random_models(preset, device, use_kernels)
+    elif not preset.files:
+        raise WeightsError(f"preset '{preset.name}' has no official weights, only random ones (weights source "
+                           f"{WeightsSource.TINY_RANDOM.value})")
     elif weights_dir is None:
         raise WeightsError(f"preset '{preset.name}' needs --weights DIR with the official checkpoint files")
     else:
-        models = _official_models(preset, Path(weights_dir), verify_checksums)
-    for name in ("flow", "vae", "vocoder", "synchformer", "clip"):
-        setattr(models, name, _finish(getattr(models, name), device, dtype))
+        models = _official_models(preset, Path(weights_dir), verify_checksums, use_kernels)
+    for name in NETWORKS:
+        setattr(models, name, _prepared_for_inference(getattr(models, name), device, dtype))
     return models

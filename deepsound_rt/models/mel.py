@@ -1,8 +1,10 @@
 """MMAudio's mel front end: waveform -> log-mel spectrogram, the representation its VAE encodes.
 
 The Slaney mel filterbank is computed here (matching ``librosa.filters.mel`` defaults) so the SDK
-needs no librosa. The STFT magnitude step is the single function :func:`linear_magnitude` so a
-kernel can replace it and be tested against it.
+needs no librosa. The STFT magnitude step is the single function :func:`linear_magnitude`, and the
+whole converter is the torch reference of our fused mel kernel, which a converter built with
+``use_kernels`` runs instead. The generation pipeline does not compute mels from audio; the
+converter serves verification and benchmarks.
 """
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .. import kernels
 
 MAGNITUDE_EPS = 1e-9
 LOG_FLOOR = 1e-5
@@ -105,6 +109,7 @@ class MelConverter(nn.Module):
         fmin: float,
         fmax: float,
         log: Literal["log10", "ln"] = "log10",
+        use_kernels: bool = False,
     ) -> None:
         super().__init__()
         if log not in ("log10", "ln"):
@@ -112,20 +117,24 @@ class MelConverter(nn.Module):
         self.n_fft = n_fft
         self.hop_size = hop_size
         self.log = log
-        self.register_buffer(
-            "mel_basis", slaney_mel_filterbank(sampling_rate, n_fft, num_mels, fmin, fmax), persistent=False
-        )
+        self.use_kernels = use_kernels
+        basis = slaney_mel_filterbank(sampling_rate, n_fft, num_mels, fmin, fmax)
+        self.register_buffer("mel_basis", basis, persistent=False)
+        self.register_buffer("mel_spans", kernels.filter_spans(basis), persistent=False)
         self.register_buffer("hann_window", torch.hann_window(win_size), persistent=False)
 
     @classmethod
-    def from_config(cls, config: MelConfig) -> "MelConverter":
+    def from_config(cls, config: MelConfig, use_kernels: bool = False) -> "MelConverter":
         return cls(
             config.sampling_rate, config.n_fft, config.num_mels, config.hop_size, config.win_size,
-            config.fmin, config.fmax, config.log,
+            config.fmin, config.fmax, config.log, use_kernels,
         )
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         waveform = waveform.to(self.mel_basis.device)
+        if self.use_kernels:
+            return kernels.mel_spectrogram(waveform, self.mel_basis, self.mel_spans, self.hann_window, self.n_fft,
+                                           self.hop_size, self.log)
         magnitude = linear_magnitude(waveform, self.hann_window, self.n_fft, self.hop_size)
         mel = torch.matmul(self.mel_basis, magnitude).clamp(min=LOG_FLOOR)
         return torch.log10(mel) if self.log == "log10" else torch.log(mel)

@@ -11,7 +11,8 @@ from ..models.mmaudio.sampler import euler_sample
 
 def prepare_conditions(graph: Graph, clip_f: torch.Tensor, sync_f: torch.Tensor, text_f: torch.Tensor,
                        negative_text_f: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Conditional (``cond.*``) and unconditional (``uncond.*``) conditions, computed once per clip."""
+    """The conditions once per clip: ``paired_*`` tensors, conditional and unconditional stacked as a
+    batch of two (the velocity graph's inputs)."""
     return graph.run({"clip_f": clip_f, "sync_f": sync_f, "text_f": text_f, "negative_text_f": negative_text_f})
 
 

@@ -33,11 +33,13 @@ from ..models.mllm.prompt import (
 )
 from ..models.mllm.videollama2 import VideoLLaMA2AV
 from ..models.mllm.vision import video_pixels
-from ..models.step_graphs import (
+from ..models.mllm.graphs import (
     MLLM_AUDIO,
+    MLLM_AUDIO_SPEC,
     MLLM_DECODER,
     MLLM_GRAPHS,
     MLLM_VISION,
+    MLLM_VISION_SPEC,
     ExportedDecoder,
     MllmAudioGraph,
     MllmDecoderGraph,
@@ -56,7 +58,7 @@ JudgeMode = Literal["qa", "cot"]
 _PCM_SCALE = 32768.0
 SIGLIP_DIR_NAME = "siglip-so400m-patch14-384"
 TINY_MAX_NEW_TOKENS = 64
-GRAPH_INPUTS = {MLLM_VISION: MllmVisionGraph.signature.inputs[0], MLLM_AUDIO: MllmAudioGraph.signature.inputs[0]}
+GRAPH_INPUTS = {MLLM_VISION: MLLM_VISION_SPEC.inputs[0], MLLM_AUDIO: MLLM_AUDIO_SPEC.inputs[0]}
 T = TypeVar("T")
 
 
@@ -82,6 +84,7 @@ class MLLMReasoner:
     The vision encoder, audio encoder and LLM decoder run as exported graphs where
     :meth:`use_graphs` gave them (token embedding, splicing and decoding logic stay in torch);
     ``last_timings`` says how long each took in the last call and on which backend.
+    ``use_kernels``: the judge's audio fbank runs our kernel.
     """
 
     def __init__(
@@ -92,8 +95,10 @@ class MLLMReasoner:
         dtype: torch.dtype,
         settings: DecodingSettings | None = None,
         canonical_plan: str = CANONICAL_PLAN_TEXT,
+        use_kernels: bool = False,
     ) -> None:
         self.model = model
+        self.use_kernels = use_kernels
         self.tokenizer = tokenizer
         self.device = torch.device(device)
         self.dtype = dtype
@@ -142,13 +147,15 @@ class MLLMReasoner:
         siglip_dir: str | Path | None = None,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float16,
+        use_kernels: bool = False,
     ) -> "MLLMReasoner":
         """Load an HF-style VideoLLaMA2.1-7B-AV(-CoT/-QA) directory and the SigLIP tower directory
         (default: ``siglip-so400m-patch14-384`` inside or beside the LLM directory)."""
         llm_dir = Path(llm_dir)
         siglip = Path(siglip_dir) if siglip_dir is not None else _find_siglip(llm_dir)
         model, tokenizer = VideoLLaMA2AV.from_pretrained_dir(llm_dir, siglip, dtype=dtype, device=device)
-        return cls(model, tokenizer, device, dtype, decoding.settings_from_dir(llm_dir, tokenizer))
+        return cls(model, tokenizer, device, dtype, decoding.settings_from_dir(llm_dir, tokenizer),
+                   use_kernels=use_kernels)
 
     @classmethod
     def random(
@@ -158,6 +165,7 @@ class MLLMReasoner:
         dtype: torch.dtype = torch.float32,
         full_size: bool = False,
         max_new_tokens: int = TINY_MAX_NEW_TOKENS,
+        use_kernels: bool = False,
     ) -> "MLLMReasoner":
         """Random weights, seeded: tiny widths with the full input geometry (the dev preset, tests),
         or the 7B model's shapes (``full_size``: benchmarks, ``--random-weights``). Random weights
@@ -165,7 +173,8 @@ class MLLMReasoner:
         from ..models.mllm.tiny import full_size_random_mllm, tiny_mllm
 
         model, tokenizer = (full_size_random_mllm if full_size else tiny_mllm)(seed, device, dtype)
-        return cls(model, tokenizer, device, dtype, DecodingSettings(tokenizer.stop_ids, max_new_tokens))
+        return cls(model, tokenizer, device, dtype, DecodingSettings(tokenizer.stop_ids, max_new_tokens),
+                   use_kernels=use_kernels)
 
     def prompt_embeds(self, question: str, media: list[torch.Tensor]) -> torch.Tensor:
         """(1, L, hidden) embeddings of the chat prompt with ``media`` tokens at the placeholder."""
@@ -202,7 +211,7 @@ class MLLMReasoner:
             raise ValueError(f"judge mode must be 'qa' or 'cot', got {mode!r}")
         self.last_timings = Timings()
         pixels = video_pixels(video_path, self.model.config.num_frames, duration_s).to(self.device, self.dtype)
-        fbank = audio_features(to_16k_mono(audio, sample_rate)).to(self.device)
+        fbank = audio_features(to_16k_mono(audio, sample_rate).to(self.device), self.use_kernels).to(self.device)
         media = [self._encode(MLLM_VISION, self.model.encode_video, pixels),
                  self._encode(MLLM_AUDIO, self.model.encode_audio, fbank)]
         embeds = self.prompt_embeds(VOICE_OVER_QUESTION, media)

@@ -17,10 +17,11 @@ from torch import nn
 
 from ..audio import resample
 from ..errors import InputError
-from ..models.bs_roformer import BSROFORMER_TINY, BSROFORMER_VIPERX_317, BSRoformer, load_separator_file
-from ..models.step_graphs import SEPARATOR_CORE, SeparatorCoreGraph
+from ..models.bs_roformer import (VIPERX_BATCH_SIZE, VIPERX_CHUNK_SIZE, VIPERX_NUM_OVERLAP, BSRoformer,
+                                  separator_network)
+from ..models.bs_roformer_graph import SEPARATOR_CORE, SeparatorCoreGraph
 from ..timing import Timings
-from ..weights_dir import WeightFile
+from ..weights_dir import WeightsSource
 
 if TYPE_CHECKING:
     from ..backends.base import Graph
@@ -29,10 +30,6 @@ ModelFn = Callable[[torch.Tensor], torch.Tensor]
 """(B, channels, chunk_size) mix chunks -> (B, channels, chunk_size) vocals."""
 
 SEPARATOR_RATE = 44100
-# viperx ep317 inference settings (audio.chunk_size, inference.num_overlap, inference.batch_size).
-VIPERX_CHUNK_SIZE = 352800
-VIPERX_NUM_OVERLAP = 2
-VIPERX_BATCH_SIZE = 4
 
 
 @dataclass(frozen=True)
@@ -173,12 +170,6 @@ def remove_vocals(
     return _fit_length(resample(instrumental, separator_rate, sample_rate), audio.shape[-1])
 
 
-SEPARATOR_FILE = WeightFile(
-    "separator", ("model_bs_roformer_ep_317_sdr_12.9755.ckpt",),
-    "BS-RoFormer viperx ep317 vocal separator (DeepSound's pretrained/remove_vo/checkpoints/)",
-)
-
-
 class Separator:
     """A loaded BS-RoFormer and DeepSound's Step3 around it; demixing runs on the model's device.
 
@@ -224,13 +215,8 @@ class Separator:
         return instrumental.cpu().numpy()
 
 
-def load_separator(path: Path | None, device: torch.device, dtype: torch.dtype,
-                   tiny_seed: int | None = None, random_seed: int | None = None) -> Separator:
-    """The viperx separator from its checkpoint; or random weights, seeded: a tiny one
-    (``tiny_seed``, dev runs) or the full-size one (``random_seed``, benchmarks)."""
-    if tiny_seed is None and random_seed is None:
-        return Separator(load_separator_file(path), device, dtype)
-    config = BSROFORMER_TINY if tiny_seed is not None else BSROFORMER_VIPERX_317
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(tiny_seed if tiny_seed is not None else random_seed)
-        return Separator(BSRoformer(config), device, dtype)
+def load_separator(source: WeightsSource, path: Path | None, device: torch.device, dtype: torch.dtype,
+                   use_kernels: bool = False) -> Separator:
+    """The viperx separator from ``source`` (its checkpoint at ``path``, or seeded random weights);
+    ``use_kernels``: its STFT and iSTFT run our kernels."""
+    return Separator(separator_network(source, path, use_kernels), device, dtype)

@@ -9,7 +9,6 @@ trips it, while one stray window cannot (segments shorter than 250 ms are droppe
 """
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import numpy as np
 import torch
 
 from ..audio import resample
-from ..errors import DeepSoundError
+from ..models.detector import silero_data_dir
 
 VAD_RATE = 16000
 WINDOW = 512
@@ -26,15 +25,6 @@ DEFAULT_MIN_SPEECH_SHARE = 0.10
 
 
 SHIPPED_ONNX = "silero_vad.onnx"
-
-
-def silero_data_dir() -> Path:
-    """The installed silero-vad package's data folder, found without importing the package:
-    importing it calls ``torch.set_num_threads(1)`` for the whole process."""
-    spec = importlib.util.find_spec("silero_vad")
-    if spec is None or not spec.submodule_search_locations:
-        raise DeepSoundError("the speech detector needs the silero-vad package (pip install silero-vad)")
-    return Path(next(iter(spec.submodule_search_locations))) / "data"
 
 
 def _speech_segments(probs: list[float], num_samples: int) -> list[dict]:

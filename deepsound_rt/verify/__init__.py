@@ -135,7 +135,7 @@ def check_golden_on_every_path(json_path: Path) -> list[GoldenReport]:
     if kind not in by_path and kind not in runners:
         return []
     golden = load_golden(json_path)
-    paths = kernels.available_paths() if kind in by_path else ["torch"]
+    paths = ["torch", *kernels.available_paths()] if kind in by_path else ["torch"]
     return [
         _run(golden, kind, path, (lambda: runners[kind](golden)) if path == "torch" and kind in runners
              else (lambda p=path: by_path[kind](golden, p)))

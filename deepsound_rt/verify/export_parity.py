@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from rich.console import Console
-from rich.markup import escape
 
-from ..backends.onnxruntime_backend import OnnxRuntimeBackend
+from ..backends import GraphLoader
 from ..config import PRESETS
+from ..console import escape, report_console
 from ..export.manifest import ExportError, ExportManifest, weights_fingerprint
-from ..export.registry import GRAPH_SPECS, ExportContext, Outputs
+from ..models.spec import ExportContext, Outputs, graph_specs
+from ..weights_dir import WeightsSource
 
 
 @dataclass
@@ -54,19 +54,20 @@ def verify_export(export_dir: str | Path, weights: str | Path | None = None,
     source = manifest.source
     weights_dir = weights if weights is not None else source.get("weights_dir")
     ctx = ExportContext(PRESETS[manifest.preset], manifest.duration_s, manifest.sequence_lengths,
-                        weights=None if weights_dir is None else Path(weights_dir),
-                        random_weights=bool(source.get("random_weights")))
-    backend = OnnxRuntimeBackend(torch.device("cpu"))
+                        WeightsSource(source["weights_source"]),
+                        weights=None if weights_dir is None else Path(weights_dir))
+    loader = GraphLoader("onnxruntime", export_dir, torch.device("cpu"), torch.float32, manifest.preset)
+    specs = graph_specs()
     reports = []
     for name in names:
-        if name not in GRAPH_SPECS:
+        if name not in specs:
             raise ExportError(f"export {export_dir} has graph '{name}', which this version does not know")
-        spec, record = GRAPH_SPECS[name], manifest.graphs[name]
+        spec, record = specs[name], manifest.graphs[name]
         module = ctx.module(spec)
         if weights_fingerprint(module).sha256 != record.weights.sha256:
             raise ExportError(f"graph {name} of export {export_dir} was exported from other weights than "
                               f"{weights_dir or 'the seeded random ones'} give now: the export is stale, re-export")
-        graph = backend.load(name, export_dir / record.onnx_file)
+        graph = loader.load({name: module})[name]
         reports.append(_compare(name, *spec.parity_runs(ctx, graph), record.atol, record.rtol))
     return reports
 
@@ -96,8 +97,8 @@ def _compare(name: str, on_torch: Outputs, on_graph: Outputs, atol: float, rtol:
     return GraphParity(name, errors[worst], tolerances[worst], errors, shapes, torch_s, ort_s)
 
 
-def print_parity(reports: Sequence[GraphParity], console: Console | None = None) -> None:
-    console = console or Console(soft_wrap=True, highlight=False)
+def print_parity(reports: Sequence[GraphParity]) -> None:
+    console = report_console()
     for report in reports:
         verdict = "[green]PASS[/]" if report.passed else "[red]FAIL[/]"
         if report.error:

@@ -1,8 +1,8 @@
-"""Golden runners for our kernels, one run per compute path (torch, cpp, cuda).
+"""Golden runners for our kernels, one run per compute path: ``torch`` (the models' torch
+references), ``cpp`` and ``cuda`` (:mod:`deepsound_rt.kernels` on CPU or CUDA tensors).
 
-``RUNNERS_BY_PATH[kind](golden, path)`` computes a golden's tensors with
-:mod:`deepsound_rt.kernels` on ``path`` (CUDA tensors for ``"cuda"``) from the golden's own config,
-state and inputs, and returns them on the CPU for comparison.
+``RUNNERS_BY_PATH[kind](golden, path)`` computes a golden's tensors on ``path`` from the golden's
+own config, state and inputs, and returns them on the CPU for comparison.
 """
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import torch
 
 from .. import kernels
 from ..models import fbank
+from ..models.alias_free import snake_beta_antialiased_reference
+from ..models.mel import MelConverter, linear_magnitude
 from .decoders import mel_config_from_golden
 from .golden import Golden
 
@@ -26,22 +28,24 @@ def run_snakebeta(golden: Golden, path: str) -> dict[str, torch.Tensor]:
     """BigVGAN's Activation1d(SnakeBeta(alpha_logscale=True)) on ``in/x`` with the stored parameters."""
     device = _device(path)
     state = {k: v.to(device) for k, v in golden.state.items()}
-    y = kernels.snake_beta_antialiased(
-        golden.inputs["x"].to(device),
-        state["act.alpha"],
-        state["act.beta"],
-        state["upsample.filter"],
-        state["downsample.lowpass.filter"],
-        path=path,
-    )
+    run = snake_beta_antialiased_reference if path == "torch" else kernels.snake_beta_antialiased
+    y = run(golden.inputs["x"].to(device), state["act.alpha"], state["act.beta"], state["upsample.filter"],
+            state["downsample.lowpass.filter"])
     return {"out/y": y.cpu()}
 
 
 def run_mel(golden: Golden, path: str) -> dict[str, torch.Tensor]:
     """MMAudio's log-mel of ``in/waveform`` and, when the golden has a tolerance for it, the STFT magnitude."""
-    mel, magnitude = kernels.mel_spectrogram(
-        golden.inputs["waveform"].to(_device(path)), mel_config_from_golden(golden), path=path, return_magnitude=True
-    )
+    converter = MelConverter.from_config(mel_config_from_golden(golden), use_kernels=path != "torch")
+    converter = converter.to(_device(path))
+    waveform = golden.inputs["waveform"].to(_device(path))
+    mel = converter(waveform)
+    if path == "torch":
+        magnitude = linear_magnitude(waveform, converter.hann_window, converter.n_fft, converter.hop_size)
+    else:
+        _, magnitude = kernels.mel_spectrogram(waveform, converter.mel_basis, converter.mel_spans,
+                                               converter.hann_window, converter.n_fft, converter.hop_size,
+                                               converter.log, return_magnitude=True)
     computed = {"out/mel": mel.cpu()}
     if "mid/linear_mag" in (golden.meta.get("suggested_atol") or {}):
         computed["mid/linear_mag"] = magnitude.cpu()
@@ -76,7 +80,7 @@ def run_beats_fbank(golden: Golden, path: str) -> dict[str, torch.Tensor]:
     different = {k: (derived[k], ours) for k, ours in _FBANK_SETTINGS.items() if k in derived and derived[k] != ours}
     if different:
         raise ValueError(f"golden uses other Kaldi settings than BEATs' (golden, ours): {different}")
-    features = kernels.kaldi_fbank(golden.inputs["waveform"].to(_device(path)), path=path).cpu()
+    features = fbank.kaldi_fbank(golden.inputs["waveform"].to(_device(path)), use_kernels=path != "torch").cpu()
     computed = {
         "out/fbank": features,
         "out/fbank_bf16": features.to(torch.bfloat16),

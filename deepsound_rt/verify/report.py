@@ -3,9 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rich.console import Console
-from rich.markup import escape
-
+from ..console import escape, report_console
 from ..errors import DeepSoundError
 from . import check_goldens, check_manifest, manifest_builders
 
@@ -22,7 +20,7 @@ def _resolve(path: Path | None, subdir: str) -> Path:
 
 
 def run_verify(goldens: Path | None, manifests_dir: Path | None, manifests: list[Path]) -> int:
-    console = Console(soft_wrap=True, highlight=False)
+    console = report_console()
     failures = 0
     checked = 0
 

@@ -14,7 +14,7 @@ from fractions import Fraction
 import torch
 import torch.nn.functional as F
 
-from ... import kernels
+from ..fbank import kaldi_fbank
 
 SAMPLE_RATE = 16_000
 CLIP_SECONDS = 2
@@ -59,11 +59,12 @@ def padded_clip_signal(waveform: torch.Tensor) -> torch.Tensor:
     return F.pad(clips, (0, PADDED_SAMPLES - clips.shape[0]))
 
 
-def audio_features(waveform: torch.Tensor) -> torch.Tensor:
+def audio_features(waveform: torch.Tensor, use_kernels: bool = False) -> torch.Tensor:
     """16 kHz mono (T,) in [-1, 1] -> BEATs input (1, 2998, 128) float16.
 
-    The float32 fbank is rounded to bfloat16 (what ``process_audio_from_video`` returns) and then cast
-    to float16 (what ``mm_infer`` feeds the fp16 model); cast the result to the model's dtype.
+    The float32 fbank (our kernel with ``use_kernels``) is rounded to bfloat16 (what
+    ``process_audio_from_video`` returns) and then cast to float16 (what ``mm_infer`` feeds the fp16
+    model); cast the result to the model's dtype.
     """
-    fbank = kernels.kaldi_fbank(padded_clip_signal(waveform.float()), kernels.runtime_path())
+    fbank = kaldi_fbank(padded_clip_signal(waveform.float()), use_kernels)
     return fbank.to(torch.bfloat16).to(torch.float16).unsqueeze(0)

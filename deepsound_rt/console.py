@@ -1,25 +1,28 @@
-"""Console rendering: a live progress bar while the Engine works, then a per-stage timing table."""
+"""The CLI's rendering with rich: a live progress bar per stage while the Engine works, each
+DeepSound step as it finishes, the step and per-stage timing tables, and the console verify's
+reports print on. The only module that imports rich, so the SDK can be embedded without a
+terminal library."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from .engine import DeepSoundResult, StepEvent
+    from .events import ProgressEvent, StepEvent
+    from .results import DeepSoundResult
     from .timing import Timings
 
 
-@dataclass(frozen=True)
-class ProgressEvent:
-    """The Engine reports ``completed`` of ``total`` units of work in ``stage``."""
+__all__ = ["ConsoleProgress", "escape", "print_steps", "print_timings", "report_console"]
 
-    stage: str
-    completed: int
-    total: int
+
+def report_console() -> Console:
+    """Where verify prints: PASS/FAIL markup, no automatic highlighting, lines never cut."""
+    return Console(soft_wrap=True, highlight=False)
 
 
 class ConsoleProgress:
@@ -44,7 +47,7 @@ class ConsoleProgress:
             record = event.record
             self._progress.console.print(f"[bold]{record.step}[/]: {record.decision} ({record.seconds:.2f} s)")
 
-    def __call__(self, event: ProgressEvent) -> None:
+    def __call__(self, event: "ProgressEvent") -> None:
         task = self._tasks.get(event.stage)
         if task is None:
             task = self._tasks[event.stage] = self._progress.add_task(event.stage, total=event.total)

@@ -1,4 +1,4 @@
-"""The speech detector (silero-vad) as a graph: the ONNX model its package ships, at 16 kHz.
+"""The speech detector (silero-vad) as a graph, with its spec: the ONNX model its package ships, at 16 kHz.
 
 silero-vad's wheel carries both a TorchScript model and ONNX models; "exporting" it is taking its
 opset-18 ONNX model, fixing the sampling rate to 16 kHz (which folds away the 8 kHz branch and its
@@ -10,16 +10,17 @@ One call scores one chunk: ``chunk`` is the previous 64 samples followed by 512 
 """
 from __future__ import annotations
 
+import importlib.util
 import warnings
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..models.graphs import GraphSignature
-from ..stages.vad import silero_data_dir
-from .manifest import ExportError
+from ..errors import DeepSoundError
+from .spec import AxisRange, ExportContext, GraphSpec, register_graph
 
 SAMPLE_RATE = 16000
 CHUNK_SAMPLES = 512
@@ -29,22 +30,26 @@ SHIPPED_ONNX = "silero_vad_op18_ifless.onnx"
 SHIPPED_TORCHSCRIPT = "silero_vad.jit"
 
 
+def silero_data_dir() -> Path:
+    """The installed silero-vad package's data folder, found without importing the package:
+    importing it calls ``torch.set_num_threads(1)`` for the whole process."""
+    spec = importlib.util.find_spec("silero_vad")
+    if spec is None or not spec.submodule_search_locations:
+        raise DeepSoundError("the speech detector needs the silero-vad package (pip install silero-vad)")
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
+
+
 def shipped_silero_dir() -> Path:
     """The silero-vad data folder, checked to hold the two models the detector export uses."""
     data = silero_data_dir()
     for name in (SHIPPED_ONNX, SHIPPED_TORCHSCRIPT):
         if not (data / name).is_file():
-            raise ExportError(f"silero-vad is installed without {name} (looked in {data})")
+            raise DeepSoundError(f"silero-vad is installed without {name} (looked in {data})")
     return data
 
 
 class DetectorGraph(nn.Module):
     """silero-vad's 16 kHz network, one chunk per call: (speech probability, next LSTM state)."""
-
-    signature = GraphSignature(
-        ("chunk", "state"), ("speech_prob", "next_state"),
-        {"chunk": {0: "batch"}, "state": {1: "batch"}, "speech_prob": {0: "batch"}, "next_state": {1: "batch"}},
-        fp32_inputs=frozenset({"chunk", "state"}))  # the TorchScript network is float32 only
 
     def __init__(self, network: torch.jit.ScriptModule):
         super().__init__()
@@ -95,3 +100,17 @@ def detector_example_inputs(batch: int, seed: int = 0) -> dict[str, torch.Tensor
     chunk = 0.3 * voiced + 0.05 * torch.randn(batch, time.numel(), generator=generator)
     state = 0.1 * torch.randn(2, batch, STATE_SIZE, generator=generator)
     return {"chunk": chunk.float(), "state": state}
+
+
+def _inputs(ctx: ExportContext, sizes: Mapping[str, int]) -> dict[str, torch.Tensor]:
+    return detector_example_inputs(sizes["batch"])
+
+
+DETECTOR_SPEC = register_graph(GraphSpec(
+    "detector", "detector", ("chunk", "state"), ("speech_prob", "next_state"),
+    lambda ctx: load_detector_module(), _inputs,
+    dynamic_axes={"chunk": {0: "batch"}, "state": {1: "batch"}, "speech_prob": {0: "batch"},
+                  "next_state": {1: "batch"}},
+    fp32_inputs=frozenset({"chunk", "state"}),  # the TorchScript network is float32 only
+    axes=lambda ctx: {"batch": AxisRange(1, 1, 16)}, check_sizes=lambda ctx: {"batch": 3}, atol=1e-5,
+    write_onnx=write_detector_onnx))

@@ -1,33 +1,41 @@
-"""DeepSound's other networks as graphs: the vocal separator's core and the MLLM's two encoders and
-its LLM decoder, with named inputs and outputs like the generator's graphs (``models/graphs.py``).
+"""The MLLM's vision encoder, audio encoder and LLM decoder as graphs, with their specs.
 
 The exporter traces these modules and ``verify`` compares them with ONNX Runtime; at runtime the
-stages keep their torch code and swap in an exported graph where the Engine has one
-(:class:`ExportedDecoder` for the LLM, ``Separator.use_graphs`` for the separator).
+reasoning stage keeps its torch code and swaps in an exported graph where the Engine has one
+(:class:`ExportedDecoder` for the LLM). The MLLM is exported from random weights only: its
+checkpoint directories are not part of an export's weights source yet.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb, repeat_kv
 
-from .bs_roformer import BSRoformer
-from .graphs import GraphSignature
-from .mllm.videollama2 import VideoLLaMA2AV, encode_audio_fbank, encode_video_features
-from .mllm.vision import patch_features
+from ...errors import WeightsError
+from ...weights_dir import DEV_SEED, WeightsSource
+from ..spec import AxisRange, ExportContext, GraphSpec, register_graph
+from .audio_input import SAMPLE_RATE, audio_features
+from .decoding import new_cache
+from .videollama2 import VideoLLaMA2AV, encode_audio_fbank, encode_video_features
+from .vision import patch_features
 
 if TYPE_CHECKING:
-    from ..backends.base import Graph
+    from ...backends.base import Graph
 
-SEPARATOR_CORE = "separator_core"
 MLLM_VISION = "mllm_vision"
 MLLM_AUDIO = "mllm_audio"
 MLLM_DECODER = "mllm_decoder"
-SEPARATOR_GRAPHS = (SEPARATOR_CORE,)
 MLLM_GRAPHS = (MLLM_VISION, MLLM_AUDIO, MLLM_DECODER)
+DECODER_MAX_TOKENS = 8192
+"""Longest prefill and longest cache the decoder's TensorRT profile covers: a judge prompt is about
+3000 tokens (1352 video + 1496 audio + text), and decoding adds up to 2048."""
+DECODER_MAX_LOGITS = 256
+"""Most logit rows one call returns: draft verification asks for the draft's length plus one."""
+DECODER_CHECK_TOKENS = 12
+DECODER_CHECK_LOGITS = 3
 
 CACHE_SLOTS = 1
 """Key/value positions in front of the real cache that attention always masks out: the prefill's
@@ -35,27 +43,9 @@ past is this one zero slot instead of an empty tensor, so no graph input ever ha
 axis (TensorRT optimisation profiles start at 1)."""
 
 
-class SeparatorCoreGraph(nn.Module):
-    """BS-RoFormer between its STFT and iSTFT (:meth:`BSRoformer.separate_spectrum`):
-    (chunks, channels, bins, frames, [re, im]) mix -> (chunks, stems, channels, bins, frames, [re, im])."""
-
-    signature = GraphSignature(
-        ("mix_spectrum",), ("stem_spectrum",),
-        {"mix_spectrum": {0: "chunks", 3: "frames"}, "stem_spectrum": {0: "chunks", 4: "frames"}})
-
-    def __init__(self, separator: BSRoformer):
-        super().__init__()
-        self.separator = separator
-
-    def forward(self, mix_spectrum: torch.Tensor) -> torch.Tensor:
-        return self.separator.separate_spectrum(mix_spectrum)
-
-
 class MllmVisionGraph(nn.Module):
     """(16, 3, 384, 384) SigLIP pixels -> (1352, hidden) video tokens: SigLIP's second-to-last
     layer and the STC connector (:meth:`VideoLLaMA2AV.encode_video`)."""
-
-    signature = GraphSignature(("pixels",), ("video_tokens",), {})
 
     def __init__(self, model: VideoLLaMA2AV):
         super().__init__()
@@ -71,8 +61,6 @@ class MllmVisionGraph(nn.Module):
 class MllmAudioGraph(nn.Module):
     """(1, 2998, 128) raw fbank -> (1496, hidden) audio tokens: BEATs and the audio projector
     (:meth:`VideoLLaMA2AV.encode_audio`)."""
-
-    signature = GraphSignature(("fbank",), ("audio_tokens",), {})
 
     def __init__(self, model: VideoLLaMA2AV):
         super().__init__()
@@ -104,18 +92,11 @@ class MllmDecoderGraph(nn.Module):
 
     def __init__(self, model: VideoLLaMA2AV):
         super().__init__()
-        config = model.config.llm
         language_model = model.model
         self.layers = language_model.layers
         self.norm = language_model.norm
         self.rotary_emb = language_model.rotary_emb
         self.lm_head = model.lm_head
-        past = cache_names(config.num_hidden_layers, "past")
-        present = cache_names(config.num_hidden_layers, "present")
-        self.signature = GraphSignature(
-            ("inputs_embeds", "logit_positions", *past), ("logits", *present),
-            {"inputs_embeds": {1: "new_tokens"}, "logit_positions": {0: "logit_rows"}, "logits": {0: "logit_rows"},
-             **{name: {2: "past_tokens"} for name in past}, **{name: {2: "cache_tokens"} for name in present}})
 
     def forward(self, inputs_embeds: torch.Tensor, logit_positions: torch.Tensor,
                 *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -188,3 +169,100 @@ class ExportedDecoder:
                                   **dict(zip(self.past_names, cache.tensors))})
         cache.tensors = [outputs[name] for name in self.present_names]
         return outputs["logits"].float()
+
+
+# -- specs ------------------------------------------------------------------------------------
+
+VIDEOLLAMA2 = "videollama2"
+
+
+def _model(ctx: ExportContext) -> VideoLLaMA2AV:
+    """One fp32 model for the three graphs (and the decoder's parity, which runs it as the torch stage does)."""
+
+    def build(ctx: ExportContext) -> VideoLLaMA2AV:
+        from .tiny import full_size_random_mllm, tiny_mllm
+
+        if ctx.weights_source is WeightsSource.TINY_RANDOM:
+            model, _ = tiny_mllm(DEV_SEED)
+        elif ctx.weights_source is WeightsSource.FULL_RANDOM:
+            model, _ = full_size_random_mllm(DEV_SEED, torch.device("cpu"), torch.float32)
+        else:
+            raise WeightsError("the MLLM graphs are exported from random weights only (the dev preset, or "
+                               "--random-weights): exporting a VideoLLaMA2 checkpoint is not supported yet")
+        if model.config.llm.use_sliding_window:
+            raise WeightsError("the exported LLM decoder has no sliding-window attention, and this config uses it")
+        return model
+
+    return ctx.shared(VIDEOLLAMA2, build)
+
+
+def _vision_inputs(ctx: ExportContext, sizes: Mapping[str, int]) -> dict[str, torch.Tensor]:
+    """SigLIP pixel values in [-1, 1], as many frames as the model samples."""
+    model = _model(ctx)
+    size = model.vision_tower.config.image_size
+    return {"pixels": torch.rand(model.config.num_frames, 3, size, size, generator=ctx.rng()) * 2 - 1}
+
+
+def _audio_inputs(ctx: ExportContext, sizes: Mapping[str, int]) -> dict[str, torch.Tensor]:
+    """The fbank of 8 s of noise, made as the judge makes it (30 s padded: 2998 frames)."""
+    noise = 0.1 * torch.randn(8 * SAMPLE_RATE, generator=ctx.rng())
+    return {"fbank": audio_features(noise).float()}
+
+
+def _decoder_io(module: MllmDecoderGraph) -> dict:
+    """Names of a decoder of ``module``'s depth: one key and one value cache per layer."""
+    past, present = cache_names(len(module.layers), "past"), cache_names(len(module.layers), "present")
+    return {"inputs": ("inputs_embeds", "logit_positions", *past), "outputs": ("logits", *present),
+            "dynamic_axes": {"inputs_embeds": {1: "new_tokens"}, "logit_positions": {0: "logit_rows"},
+                             "logits": {0: "logit_rows"}, **{name: {2: "past_tokens"} for name in past},
+                             **{name: {2: "cache_tokens"} for name in present}}}
+
+
+def _decoder_axes(ctx: ExportContext) -> dict[str, AxisRange]:
+    """Traced at small sizes other than 1 (``torch.export`` specialises sizes of 1); the cache's
+    ``opt`` is a judge prompt's length."""
+    return {"new_tokens": AxisRange(1, 3, DECODER_MAX_TOKENS), "logit_rows": AxisRange(1, 2, DECODER_MAX_LOGITS),
+            "past_tokens": AxisRange(1, 3072, DECODER_MAX_TOKENS)}
+
+
+def _decoder_inputs(ctx: ExportContext, sizes: Mapping[str, int]) -> dict[str, torch.Tensor]:
+    config, rng = _model(ctx).config.llm, ctx.rng()
+    new = sizes["new_tokens"]
+    head_dim = config.hidden_size // config.num_attention_heads
+    cache_shape = (1, config.num_key_value_heads, sizes["past_tokens"], head_dim)
+    inputs = {"inputs_embeds": 0.02 * torch.randn(1, new, config.hidden_size, generator=rng),
+              "logit_positions": torch.arange(new - sizes["logit_rows"], new)}
+    past = cache_names(config.num_hidden_layers, "past")
+    return inputs | {name: torch.randn(cache_shape, generator=rng) for name in past}
+
+
+def _decoder_parity(ctx: ExportContext, graph: Graph) -> tuple[Callable[[], dict], Callable[[], dict]]:
+    """A prefill of a few embedded tokens (several logit rows) and one decoding step on the cache
+    it returned: the torch MLLM over a transformers cache (the torch stage) against the graph
+    driven by :class:`ExportedDecoder` (the exported stage)."""
+    model = _model(ctx)
+    ids = torch.randint(model.config.llm.vocab_size, (1, DECODER_CHECK_TOKENS + 1), generator=ctx.rng())
+    with torch.inference_mode():
+        prompt, step = model.embed(ids[:, :-1]), model.embed(ids[:, -1:])
+
+    def prefill_and_step(llm, cache) -> dict[str, torch.Tensor]:
+        with torch.inference_mode():
+            prefill = llm.logits(prompt, cache, DECODER_CHECK_LOGITS)
+            return {"prefill_logits": prefill, "step_logits": llm.logits(step, cache)}
+
+    exported = ExportedDecoder(model, graph)
+    return (lambda: prefill_and_step(model, new_cache(model)),
+            lambda: prefill_and_step(exported, exported.new_cache()))
+
+
+TINY_ONLY = frozenset({WeightsSource.TINY_RANDOM.value})
+MLLM_VISION_SPEC = register_graph(GraphSpec(
+    MLLM_VISION, "mllm", ("pixels",), ("video_tokens",), lambda ctx: MllmVisionGraph(_model(ctx)).eval(),
+    _vision_inputs, networks=("mllm",), exported_with=TINY_ONLY))
+MLLM_AUDIO_SPEC = register_graph(GraphSpec(
+    MLLM_AUDIO, "mllm", ("fbank",), ("audio_tokens",), lambda ctx: MllmAudioGraph(_model(ctx)).eval(),
+    _audio_inputs, networks=("mllm",), exported_with=TINY_ONLY))
+MLLM_DECODER_SPEC = register_graph(GraphSpec(
+    MLLM_DECODER, "mllm", ("inputs_embeds", "logit_positions"), ("logits",),
+    lambda ctx: MllmDecoderGraph(_model(ctx)).eval(), _decoder_inputs, axes=_decoder_axes, parity=_decoder_parity,
+    io=_decoder_io, networks=("mllm",), exported_with=TINY_ONLY))

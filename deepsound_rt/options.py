@@ -1,0 +1,162 @@
+"""What an Engine loads (:class:`EngineConfig`) and how one clip runs (:class:`RunOptions`).
+
+Both are frozen and validated once, when built: a bad value is a :class:`DeepSoundError` that
+names the allowed values. The CLI reads its choices and defaults from the tuples and dataclass
+defaults here, so no default is written twice.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import MISSING, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .backends import AUTO, BACKENDS
+from .config import DTYPE_NAMES, PRESETS
+from .errors import DeepSoundError
+from .weights_dir import WeightsSource
+
+MODES = ("s4", "s3", "gen")
+"""s4: every DeepSound step; s3: stop after voice-over removal; gen: step 1 (generation) alone."""
+POSTPROCESSES = ("rep", "neg", "rm")
+"""When the audio is silent after removal: the step-1 audio, regenerate with a negative prompt, none."""
+JUDGES = ("auto", "cot", "qa", "vad", "always")
+KERNEL_SETTINGS = ("auto", "on", "off")
+"""auto: our kernels where they are built for the device; on: required; off: torch ops."""
+KERNELS_ENV = "DEEPSOUND_RT_KERNELS"
+DTYPES = ("auto", *DTYPE_NAMES)
+BACKEND_CHOICES = (AUTO, *BACKENDS)
+WEIGHTS_SOURCES = ("auto", *(source.value for source in WeightsSource))
+MAX_SEED = 2**63
+
+
+def _choice(what: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if not isinstance(value, str) or value not in allowed:
+        raise DeepSoundError(f"unknown {what} {value!r} (choose from {', '.join(allowed)})")
+
+
+def _number(what: str, value: Any, low: float = -math.inf, high: float = math.inf) -> float:
+    """``value`` as a finite float in [low, high]; bools are not numbers here."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not low <= value <= high:
+        bounds = "" if (low, high) == (-math.inf, math.inf) else f" in [{low:g}, {high:g}]"
+        raise DeepSoundError(f"{what} must be a finite number{bounds}, got {value!r}")
+    return float(value)
+
+
+def _optional_path(what: str, value: Any) -> Path | None:
+    if value is None or isinstance(value, Path):
+        return value
+    if isinstance(value, str):
+        return Path(value).expanduser()
+    raise DeepSoundError(f"{what} must be a path, got {value!r}")
+
+
+def resolve_weights_source(preset: str, value: WeightsSource | str) -> WeightsSource:
+    """``auto``: tiny-random for a preset without official files (dev), else official."""
+    name = value.value if isinstance(value, WeightsSource) else value
+    _choice("weights source", name, WEIGHTS_SOURCES)
+    if name == "auto":
+        return WeightsSource.TINY_RANDOM if not PRESETS[preset].files else WeightsSource.OFFICIAL
+    return WeightsSource(name)
+
+
+def default_kernels() -> str:
+    """``$DEEPSOUND_RT_KERNELS`` when set, else auto."""
+    return os.environ.get(KERNELS_ENV, "auto")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """What to load and how to run it. ``weights`` (official files) is required for every preset
+    but ``dev`` unless ``weights_source`` is a random one."""
+
+    preset: str = "large_44k_v2"
+    weights: Path | None = None
+    weights_source: WeightsSource | str = "auto"  # auto: tiny-random for presets without files (dev), else official
+    device: str = "auto"  # auto, cpu, cuda or cuda:N
+    dtype: str = "auto"  # auto = bf16 on CUDA, fp32 on CPU
+    num_steps: int = 25  # Euler steps of the flow (MMAudio's num_steps)
+    cfg_strength: float = 4.5
+    verify_checksums: bool = True
+    mllm: Path | None = None  # HF-style VideoLLaMA2.1-7B-AV-CoT directory: the plan and the judge
+    judge_mllm: Path | None = None  # another checkpoint for the judge (e.g. the -QA one); default: mllm
+    siglip: Path | None = None  # SigLIP so400m/14@384 directory (the MLLM's vision tower)
+    separator: Path | None = None  # BS-RoFormer checkpoint; default: looked up in ``weights``
+    vad_min_speech_share: float = 0.10  # vad judge: voice-over when speech covers this share
+    silence_threshold_db: float = -50.0
+    silence_max_share: float = 0.9
+    cuda_graphs: bool = False  # replay the graphs their specs allow as CUDA graphs (CUDA only)
+    backend: str = AUTO  # per graph the best installed backend that has it (deepsound_rt.backends)
+    export: Path | None = None  # a `deepsound-rt export` directory for the onnxruntime/tensorrt backends
+    kernels: str = field(default_factory=default_kernels)  # see KERNEL_SETTINGS
+
+    def __post_init__(self) -> None:
+        _choice("preset", self.preset, tuple(sorted(PRESETS)))
+        _choice("dtype", self.dtype, DTYPES)
+        _choice("backend", self.backend, BACKEND_CHOICES)
+        _choice(f"kernels setting (EngineConfig.kernels or ${KERNELS_ENV})", self.kernels, KERNEL_SETTINGS)
+        object.__setattr__(self, "weights_source", resolve_weights_source(self.preset, self.weights_source))
+        if not isinstance(self.device, str) or not (self.device in ("auto", "cpu", "cuda")
+                                                    or self.device.removeprefix("cuda:").isdigit()):
+            raise DeepSoundError(f"unknown device {self.device!r} (use auto, cpu, cuda or cuda:N)")
+        if isinstance(self.num_steps, bool) or not isinstance(self.num_steps, int) or self.num_steps < 1:
+            raise DeepSoundError(f"num_steps must be an integer of at least 1, got {self.num_steps!r}")
+        object.__setattr__(self, "cfg_strength", _number("cfg_strength", self.cfg_strength))
+        object.__setattr__(self, "vad_min_speech_share", _number("vad_min_speech_share", self.vad_min_speech_share, 0, 1))
+        object.__setattr__(self, "silence_threshold_db", _number("silence_threshold_db", self.silence_threshold_db))
+        object.__setattr__(self, "silence_max_share", _number("silence_max_share", self.silence_max_share, 0, 1))
+        for name in ("verify_checksums", "cuda_graphs"):
+            if not isinstance(getattr(self, name), bool):
+                raise DeepSoundError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        for name in ("weights", "mllm", "judge_mllm", "siglip", "separator", "export"):
+            object.__setattr__(self, name, _optional_path(name, getattr(self, name)))
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How one clip runs: the DeepSound branches (``mode``, ``postprocess``, ``judge``) and the
+    generation inputs. ``duration`` None = 8 s (cut to the video's length)."""
+
+    mode: str = "s4"
+    postprocess: str = "rep"
+    judge: str = "auto"  # auto: cot with an MLLM, else vad; always: assume voice-over (removal runs)
+    prompt: str = ""
+    negative_prompt: str = ""
+    duration: float | None = None
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        _choice("mode", self.mode, MODES)
+        _choice("post-processing", self.postprocess, POSTPROCESSES)
+        _choice("judge", self.judge, JUDGES)
+        for name in ("prompt", "negative_prompt"):
+            if not isinstance(getattr(self, name), str):
+                raise DeepSoundError(f"{name} must be a string, got {getattr(self, name)!r}")
+        if self.duration is not None:
+            object.__setattr__(self, "duration", _number("duration", self.duration, 0))
+            if self.duration <= 0:
+                raise DeepSoundError(f"duration must be a finite number > 0 (or None), got {self.duration!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < MAX_SEED:
+            raise DeepSoundError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
+
+
+def with_overrides(base, overrides: dict[str, Any]):
+    """``base`` (an EngineConfig or RunOptions) with keyword overrides, validated again; an
+    unknown name is a DeepSoundError naming the fields."""
+    names = {f.name for f in fields(base)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise DeepSoundError(f"unknown {type(base).__name__} field {', '.join(unknown)} "
+                             f"(fields: {', '.join(sorted(names))})")
+    if isinstance(base, EngineConfig) and "preset" in overrides and "weights_source" not in overrides \
+            and base.weights_source is resolve_weights_source(base.preset, "auto"):
+        overrides = {**overrides, "weights_source": "auto"}  # an automatic source follows the new preset
+    return replace(base, **overrides) if overrides else base
+
+
+def default_of(cls, name: str) -> Any:
+    """The default of field ``name`` of a dataclass (what the CLI shows and uses)."""
+    spec = next(f for f in fields(cls) if f.name == name)
+    return spec.default_factory() if spec.default is MISSING else spec.default
