@@ -1,4 +1,4 @@
-"""``deepsound-rt`` command line: run, demo, export, verify, bench.
+"""``deepsound-rt`` command line: run, demo, export, verify, bench, serve.
 
 Every user-fixable problem (a :class:`DeepSoundError`) ends as one line on stderr and exit code 2.
 """
@@ -14,7 +14,8 @@ from .errors import DeepSoundError
 EXIT_USAGE = 2
 
 
-def _add_generation_args(parser: argparse.ArgumentParser, default_preset: str, default_judge: str = "auto") -> None:
+def _add_engine_args(parser: argparse.ArgumentParser, default_preset: str) -> None:
+    """What to load and how to run it (EngineConfig): shared by run, demo and serve."""
     from .config import DTYPE_NAMES, PRESETS
 
     parser.add_argument("--preset", default=default_preset, choices=sorted(PRESETS),
@@ -25,11 +26,6 @@ def _add_generation_args(parser: argparse.ArgumentParser, default_preset: str, d
                         help="auto = bf16 on CUDA, fp32 on CPU")
     parser.add_argument("--steps", type=int, default=25, help="Euler steps (default: 25)")
     parser.add_argument("--cfg", type=float, default=4.5, help="guidance strength (default: 4.5)")
-    parser.add_argument("--seed", type=int, default=42, help="noise seed (default: 42)")
-    parser.add_argument("--duration", type=float, default=None,
-                        help="seconds of audio (default: 8, shortened to the video's length)")
-    parser.add_argument("--prompt", default="", help="text prompt")
-    parser.add_argument("--negative-prompt", default="", help="negative text prompt")
     parser.add_argument("--no-checksum", action="store_true",
                         help="skip the MD5 check of official checkpoint files")
     parser.add_argument("--random-weights", action="store_true",
@@ -40,6 +36,23 @@ def _add_generation_args(parser: argparse.ArgumentParser, default_preset: str, d
     parser.add_argument("--export", type=Path, help="a `deepsound-rt export` directory (onnxruntime/tensorrt)")
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="replay the velocity step, VAE and vocoder as CUDA graphs (CUDA only)")
+    models = parser.add_argument_group("models of the DeepSound steps")
+    models.add_argument("--judge-mllm", type=Path,
+                        help="another checkpoint for the cot/qa judge, e.g. VideoLLaMA2.1-7B-AV-QA (default: --mllm)")
+    models.add_argument("--mllm", type=Path, help="VideoLLaMA2.1-7B-AV(-CoT/-QA) directory (config.json + safetensors)")
+    models.add_argument("--siglip", type=Path, help="SigLIP so400m/14@384 directory (the MLLM's vision tower)")
+    models.add_argument("--separator", type=Path, help="BS-RoFormer viperx ep317 checkpoint (default: in --weights)")
+    models.add_argument("--vad-share", type=float, default=0.10,
+                        help="vad judge: voice-over when speech covers at least this share of the clip (0.10)")
+
+
+def _add_generation_args(parser: argparse.ArgumentParser, default_preset: str, default_judge: str = "auto") -> None:
+    _add_engine_args(parser, default_preset)
+    parser.add_argument("--seed", type=int, default=42, help="noise seed (default: 42)")
+    parser.add_argument("--duration", type=float, default=None,
+                        help="seconds of audio (default: 8, shortened to the video's length)")
+    parser.add_argument("--prompt", default="", help="text prompt")
+    parser.add_argument("--negative-prompt", default="", help="negative text prompt")
     steps = parser.add_argument_group("DeepSound steps")
     steps.add_argument("--mode", default="s4", choices=["s4", "s3", "gen"],
                        help="s4: all steps (default); s3: stop after voice-over removal; gen: step 1 only")
@@ -50,13 +63,31 @@ def _add_generation_args(parser: argparse.ArgumentParser, default_preset: str, d
                        help="voice-over judge: the MLLM (cot, qa), the speech detector (vad), or always "
                             f"(assume voice-over: removal always runs); auto = cot with --mllm, else vad "
                             f"(default: {default_judge})")
-    steps.add_argument("--judge-mllm", type=Path,
-                       help="another checkpoint for the cot/qa judge, e.g. VideoLLaMA2.1-7B-AV-QA (default: --mllm)")
-    steps.add_argument("--mllm", type=Path, help="VideoLLaMA2.1-7B-AV(-CoT/-QA) directory (config.json + safetensors)")
-    steps.add_argument("--siglip", type=Path, help="SigLIP so400m/14@384 directory (the MLLM's vision tower)")
-    steps.add_argument("--separator", type=Path, help="BS-RoFormer viperx ep317 checkpoint (default: in --weights)")
-    steps.add_argument("--vad-share", type=float, default=0.10,
-                       help="vad judge: voice-over when speech covers at least this share of the clip (0.10)")
+
+
+def _add_serve_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default: 127.0.0.1; any other address needs a token)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    parser.add_argument("--token", help="bearer token every route but /healthz asks for "
+                                        "(default: $DEEPSOUND_RT_TOKEN; none: loopback only)")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="job database, uploads and results (default: ~/.local/state/deepsound-rt)")
+    parser.add_argument("--devices", help="comma-separated devices, one runner and loaded Engine each, e.g. "
+                                          "cuda:0,cuda:1 (default: --device; auto = every CUDA GPU, else the CPU)")
+    parser.add_argument("--queue-size", type=int, default=32, help="jobs that may wait; more get 429 (default: 32)")
+    parser.add_argument("--max-upload-mb", type=float, default=512, help="largest upload, MiB (default: 512)")
+    parser.add_argument("--max-clip-seconds", type=float, default=60, help="longest clip accepted (default: 60)")
+    parser.add_argument("--lease-seconds", type=float, default=30,
+                        help="a job whose worker stops renewing its lease this long is run again (default: 30)")
+    _add_engine_args(parser, default_preset="large_44k_v2")
+    ray = parser.add_argument_group("Ray Serve (several GPUs or machines)")
+    ray.add_argument("--ray", action="store_true", help="run as a Ray Serve deployment, one replica per GPU")
+    ray.add_argument("--ray-address", help="join this Ray cluster (default: start a local Ray instance)")
+    ray.add_argument("--replicas", type=int, default=1, help="replicas (default: 1; with autoscaling: the first count)")
+    ray.add_argument("--min-replicas", type=int, help="autoscale by job backlog, down to this many")
+    ray.add_argument("--max-replicas", type=int, help="autoscale by job backlog, up to this many")
+    ray.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs Ray reserves per replica (default: 1)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,19 +127,27 @@ def build_parser() -> argparse.ArgumentParser:
                         help="instead: run each graph of this export on ONNX Runtime and its torch module, compare")
     verify.add_argument("--weights", type=Path, help="with --export: the weights the export was made from")
     sub.add_parser("bench", help="per-stage latency, every variant side by side (deepsound-rt bench --help)")
+
+    serve = sub.add_parser("serve", help="HTTP job API with live step events, metrics and a web page")
+    _add_serve_args(serve)
     return parser
 
 
-def _engine_from_args(args: argparse.Namespace):
-    from .engine import Engine, EngineConfig
+def _engine_config_from_args(args: argparse.Namespace):
+    from .engine import EngineConfig
 
-    config = EngineConfig(preset=args.preset, weights=args.weights, device=args.device, dtype=args.dtype,
-                          steps=args.steps, cfg_strength=args.cfg, verify_checksums=not args.no_checksum,
-                          random_weights=args.random_weights, mllm=args.mllm, judge_mllm=args.judge_mllm,
-                          siglip=args.siglip,
-                          separator=args.separator, vad_min_speech_share=args.vad_share, backend=args.backend,
-                          export=args.export, cuda_graphs=args.cuda_graphs)
-    return Engine(config)
+    return EngineConfig(preset=args.preset, weights=args.weights, device=args.device, dtype=args.dtype,
+                        steps=args.steps, cfg_strength=args.cfg, verify_checksums=not args.no_checksum,
+                        random_weights=args.random_weights, mllm=args.mllm, judge_mllm=args.judge_mllm,
+                        siglip=args.siglip,
+                        separator=args.separator, vad_min_speech_share=args.vad_share, backend=args.backend,
+                        export=args.export, cuda_graphs=args.cuda_graphs)
+
+
+def _engine_from_args(args: argparse.Namespace):
+    from .engine import Engine
+
+    return Engine(_engine_config_from_args(args))
 
 
 def _generate(args: argparse.Namespace, video: Path) -> int:
@@ -186,6 +225,36 @@ def _bench(bench_args: list[str]) -> int:
     return runpy.run_path(str(script))["main"](bench_args)
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import os
+
+    from .config import resolve_device
+    from .serving.server import run_ray, run_uvicorn
+    from .serving.settings import MIB, ServeSettings, expand_devices
+
+    devices = expand_devices(args.devices or args.device)
+    if not devices:
+        raise DeepSoundError("--devices: give at least one device")
+    for device in devices:
+        resolve_device(device)  # an unknown or absent device fails now, not in a runner
+    for name in ("queue_size", "max_upload_mb", "max_clip_seconds", "lease_seconds", "replicas"):
+        if getattr(args, name) <= 0:
+            raise DeepSoundError(f"--{name.replace('_', '-')} must be positive")
+    state_home = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    data_dir = args.data_dir or state_home / "deepsound-rt"
+    settings = ServeSettings(engine=_engine_config_from_args(args), data_dir=data_dir.expanduser(), devices=devices,
+                             token=args.token or os.environ.get("DEEPSOUND_RT_TOKEN") or None,
+                             max_upload_bytes=int(args.max_upload_mb * MIB), max_clip_seconds=args.max_clip_seconds,
+                             queue_size=args.queue_size, lease_seconds=args.lease_seconds)
+    logging.getLogger("deepsound_rt.serving").setLevel(logging.INFO)
+    if args.ray:
+        run_ray(settings, args.host, args.port, address=args.ray_address, replicas=args.replicas,
+                min_replicas=args.min_replicas, max_replicas=args.max_replicas, replica_cpus=args.replica_cpus)
+    else:
+        run_uvicorn(settings, args.host, args.port)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     logging.basicConfig(level=logging.WARNING, format="deepsound-rt: %(levelname)s: %(message)s")
@@ -193,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         if argv[:1] == ["bench"]:  # the harness parses its own options
             return _bench(argv[1:])
         args = build_parser().parse_args(argv)
-        return {"run": _run, "demo": _demo, "verify": _verify, "export": _export}[args.command](args)
+        return {"run": _run, "demo": _demo, "verify": _verify, "export": _export, "serve": _serve}[args.command](args)
     except DeepSoundError as exc:
         print(f"deepsound-rt: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
