@@ -7,6 +7,7 @@ import io
 import os
 import shutil
 import tempfile
+import time
 
 import av
 import numpy as np
@@ -16,8 +17,10 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from deepsound_rt.cli import main
+from deepsound_rt.engine import EngineConfig
 from deepsound_rt.io.sample import make_test_video, sample_clip_path
-from serving_util import TERMINAL, ServerProcess, read_events, submit, wait_for
+from deepsound_rt.serving import ServeSettings, create_app
+from serving_util import TERMINAL, ServerProcess, read_events, serve_in_thread, submit, wait_for
 from test_io import bad_inputs
 
 TOKEN = "test-token-1234"
@@ -303,3 +306,20 @@ def test_a_second_server_on_the_same_data_dir_is_refused(server, capsys):
     code = main(["serve", "--preset", "dev", "--device", "cpu", "--data-dir", str(server.data_dir), "--port", "1"])
     assert code == 2
     assert "another deepsound-rt server uses this data directory" in capsys.readouterr().err
+
+
+def test_a_device_that_cannot_load_its_models_is_reported(tmp_path):
+    import httpx
+
+    settings = ServeSettings(engine=EngineConfig(preset="small_16k"), data_dir=tmp_path, devices=("cpu",))
+    with serve_in_thread(create_app(settings)) as base, httpx.Client(base_url=base) as client:
+        for _ in range(600):
+            ready = client.get("/readyz")
+            if ready.json()["runners"][0]["state"] != "loading":
+                break
+            time.sleep(0.1)
+        assert ready.status_code == 503
+        (runner,) = ready.json()["runners"]
+        assert runner["state"].startswith("failed: ") and "--weights" in runner["state"]
+        answer = submit(client, sample_clip_path())
+        assert answer.status_code == 503 and answer.json()["detail"] == f"no device can run jobs: {runner['state']}"

@@ -116,7 +116,8 @@ def test_a_single_box_requeues_what_was_running_and_drops_half_submitted_folders
     assert statuses(restarted, waiting)[-1] == {"status": "queued", "reason": "the server stopped"}
     assert restarted.get(cancelling).status == "cancelled"
     assert not orphan.exists() and restarted.job_dir(running).exists()
-    assert restarted.claim("new", lease_s=30).attempts == 2  # the interrupted run counts
+    assert restarted.claim("new", lease_s=30).attempts == 2  # a crash counts as an attempt
+    assert restarted.claim("new-2", lease_s=30).attempts == 1  # an orderly stop does not
     restarted.close()
 
 

@@ -268,9 +268,11 @@ class JobStore:
             return True
 
     def requeue(self, job_id: str, worker: str, reason: str) -> None:
-        """Put a job this worker holds back in the queue (its server is stopping)."""
+        """Put a job this worker holds back in the queue (its server is stopping): an orderly stop
+        does not count as one of the job's attempts."""
         with self._transaction() as db:
             if self._owns(db, job_id, worker):
+                db.execute("UPDATE jobs SET attempts = attempts - 1 WHERE id = ?", (job_id,))
                 self._requeue(db, job_id, reason)
 
     def requeue_orphans(self) -> int:
