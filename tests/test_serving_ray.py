@@ -29,10 +29,10 @@ def test_two_replicas_serve_jobs_and_a_killed_replicas_job_is_retried(tmp_path):
         with httpx.Client(base_url=server.base) as anonymous:
             assert anonymous.get("/healthz").status_code == 200
             assert anonymous.get("/v1/jobs/" + "0" * 32).status_code == 401  # the token guards replicas too
-        with server.client() as client, ThreadPoolExecutor(4) as pool:
-            answers = list(pool.map(lambda _: submit(client, sample_clip_path(), judge="always", duration=1.0),
-                                    range(4)))
-            assert [answer.status_code for answer in answers] == [202] * 4
+        with server.client() as client, ThreadPoolExecutor(3) as pool:
+            answers = list(pool.map(lambda _: submit(client, sample_clip_path(), judge="vad", duration=1.0),
+                                    range(3)))
+            assert [answer.status_code for answer in answers] == [202] * 3
             ids = [answer.json()["id"] for answer in answers]
 
             deadline = time.monotonic() + 600
@@ -47,7 +47,7 @@ def test_two_replicas_serve_jobs_and_a_killed_replicas_job_is_retried(tmp_path):
             os.kill(pid_of(victim["worker"]), signal.SIGKILL)
 
             finished = [wait_for(client, job_id, timeout_s=600) for job_id in ids]
-            assert [job["status"] for job in finished] == ["done"] * 4, finished
+            assert [job["status"] for job in finished] == ["done"] * 3, finished
             retried = next(job for job in finished if job["id"] == victim["id"])
             assert retried["attempts"] == 2 and pid_of(retried["worker"]) != pid_of(victim["worker"])
             statuses = [event["data"] for event in read_events(client, victim["id"]) if event["event"] == "status"]

@@ -195,9 +195,10 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
 
 def _display_name(filename: str | None) -> str:
-    """The client's file name as we show it back: last path part, printable, short."""
+    """The client's file name as we show it back (messages, download names): last path part,
+    printable, no quotes, short."""
     name = os.path.basename((filename or "").replace("\\", "/"))
-    name = "".join(ch for ch in name if ch.isprintable())[:100]
+    name = "".join(ch for ch in name if ch.isprintable() and ch != '"')[:100]
     return name or "upload"
 
 

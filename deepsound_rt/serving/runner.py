@@ -135,7 +135,9 @@ class Runner(threading.Thread):
             status, error = "failed", f"internal error: {client_message(problem, job_dir, job.filename)}"
         if store.finish(job.id, self.worker, status, error,
                         has_audio=None if status != "done" else result.audio is not None):
-            metrics.job_seconds.labels(status).observe(time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            metrics.job_seconds.labels(status).observe(seconds)
+            log.info("job %s %s in %.1f s on %s%s", job.id, status, seconds, self.device, f": {error}" if error else "")
 
     @staticmethod
     def _write_results(job_dir: Path, result, filename: str) -> None:
