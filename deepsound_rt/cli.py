@@ -229,8 +229,12 @@ def _serve(args: argparse.Namespace) -> int:
     import os
 
     from .config import resolve_device
-    from .serving.server import run_ray, run_uvicorn
-    from .serving.settings import MIB, ServeSettings, expand_devices
+
+    try:
+        from .serving.server import run_ray, run_uvicorn
+        from .serving.settings import MIB, ServeSettings, expand_devices
+    except ImportError as error:
+        raise DeepSoundError(f"serve needs its packages: pip install 'deepsound_rt[serve]' ({error})") from error
 
     devices = expand_devices(args.devices or args.device)
     if not devices:

@@ -40,8 +40,11 @@ def run_ray(settings: ServeSettings, host: str, port: int, *, address: str | Non
     """Start (or join) Ray, deploy, and serve until SIGINT/SIGTERM; then take the deployment down.
     A local Ray instance gets just the CPUs the replicas ask for, a small object store and no
     dashboard."""
-    import ray
-    from ray import serve
+    try:
+        import ray
+        from ray import serve
+    except ImportError as error:
+        raise DeepSoundError(f"--ray needs Ray Serve: pip install 'deepsound_rt[ray]' ({error})") from error
 
     from .ray_serve import deployment
 
