@@ -7,7 +7,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.deepsound_rt-installed
 DEMO_OUT ?= out/demo.mp4
 
-.PHONY: setup demo test lock clean distclean
+# The page's browser test drives Debian's chromium through its chromedriver.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup browser demo test lock clean distclean
 
 $(STAMP): requirements.txt constraints.txt setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,7 +24,12 @@ setup: $(STAMP)
 demo: setup
 	$(VENV)/bin/deepsound-rt demo -o $(DEMO_OUT)
 
-test: setup
+browser:
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
+test: setup browser
 	$(PY) -m pytest -q tests
 
 # Rewrite constraints.txt from the venv: every installed package at its installed version.

@@ -58,7 +58,7 @@ setup(
     version="0.1.0",
     description="Inference runtime for step-by-step video-to-audio generation (DeepSound-V1 style)",
     packages=find_packages(include=["deepsound_rt", "deepsound_rt.*"]),
-    package_data={"deepsound_rt": ["assets/*.mp4"]},
+    package_data={"deepsound_rt": ["assets/*.mp4", "serving/page/*"]},
     python_requires=">=3.10",
     # Ranges for embedders; requirements.txt pins the exact versions the suite passes with. Upper
     # bounds stop at the next major release, which has broken us before (PyAV 18 closed streams).
@@ -84,6 +84,14 @@ setup(
         "onnxscript>=0.5,<1",
         "onnx-ir>=0.1.10,<2",
     ],
+    extras_require={
+        "plot": ["matplotlib>=3.8"],  # deepsound_rt.plot
+        # `deepsound-rt serve` on one box, and on Ray Serve (the SDK imports neither)
+        "serve": ["fastapi>=0.160,<1", "uvicorn>=0.30", "python-multipart>=0.0.20", "prometheus-client>=0.20",
+                  "matplotlib>=3.8"],
+        "ray": ["ray[serve]>=2.60,<3", "fastapi>=0.160,<1", "uvicorn>=0.30", "python-multipart>=0.0.20",
+                "prometheus-client>=0.20", "matplotlib>=3.8"],
+    },
     ext_modules=[CMakeExtension("deepsound_rt._kernels", ROOT)],
     cmdclass={"build_ext": CMakeBuild},
     entry_points={"console_scripts": ["deepsound-rt=deepsound_rt.cli:main"]},

@@ -1,10 +1,11 @@
-"""``deepsound-rt`` command line: run, demo, export, verify, bench.
+"""``deepsound-rt`` command line: run, demo, export, verify, bench, serve.
 
 Every user-fixable problem (a :class:`DeepSoundError`) ends as one line on stderr and exit code 2.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 from pathlib import Path
@@ -14,13 +15,13 @@ from .errors import DeepSoundError
 EXIT_USAGE = 2
 
 
-def _add_generation_args(parser: argparse.ArgumentParser, default_preset: str, default_judge: str | None = None) -> None:
-    """Options that build an EngineConfig and a RunOptions; choices and defaults are theirs."""
+def _add_engine_args(parser: argparse.ArgumentParser, default_preset: str) -> None:
+    """What to load and how to run it (EngineConfig), shared by run, demo and serve; choices and
+    defaults are EngineConfig's."""
     from .config import PRESETS
-    from .options import (BACKEND_CHOICES, DTYPES, JUDGES, KERNEL_SETTINGS, MODES, POSTPROCESSES, EngineConfig,
-                          RunOptions, default_of)
+    from .options import BACKEND_CHOICES, DTYPES, KERNEL_SETTINGS, EngineConfig, default_of
 
-    engine, run = (lambda name: default_of(EngineConfig, name)), (lambda name: default_of(RunOptions, name))
+    engine = functools.partial(default_of, EngineConfig)
     parser.add_argument("--preset", default=default_preset, choices=sorted(PRESETS),
                         help="model preset (default: %(default)s)")
     parser.add_argument("--weights", type=Path, help="directory with the official checkpoint files")
@@ -30,11 +31,6 @@ def _add_generation_args(parser: argparse.ArgumentParser, default_preset: str, d
                         help="Euler steps (default: %(default)s)")
     parser.add_argument("--cfg", type=float, default=engine("cfg_strength"),
                         help="guidance strength (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=run("seed"), help="noise seed (default: %(default)s)")
-    parser.add_argument("--duration", type=float, default=run("duration"),
-                        help="seconds of audio (default: 8, shortened to the video's length)")
-    parser.add_argument("--prompt", default=run("prompt"), help="text prompt")
-    parser.add_argument("--negative-prompt", default=run("negative_prompt"), help="negative text prompt")
     parser.add_argument("--no-checksum", action="store_true",
                         help="skip the MD5 check of official checkpoint files")
     parser.add_argument("--random-weights", action="store_true",
@@ -48,6 +44,27 @@ def _add_generation_args(parser: argparse.ArgumentParser, default_preset: str, d
     parser.add_argument("--kernels", default=engine("kernels"), choices=KERNEL_SETTINGS,
                         help="our fused kernels: auto = where built for the device, on = required, off = torch ops "
                              "(default: %(default)s, from $DEEPSOUND_RT_KERNELS when set)")
+    models = parser.add_argument_group("models of the DeepSound steps")
+    models.add_argument("--judge-mllm", type=Path,
+                        help="another checkpoint for the cot/qa judge, e.g. VideoLLaMA2.1-7B-AV-QA (default: --mllm)")
+    models.add_argument("--mllm", type=Path, help="VideoLLaMA2.1-7B-AV(-CoT/-QA) directory (config.json + safetensors)")
+    models.add_argument("--siglip", type=Path, help="SigLIP so400m/14@384 directory (the MLLM's vision tower)")
+    models.add_argument("--separator", type=Path, help="BS-RoFormer viperx ep317 checkpoint (default: in --weights)")
+    models.add_argument("--vad-share", type=float, default=engine("vad_min_speech_share"),
+                        help="vad judge: voice-over when speech covers at least this share of the clip (%(default)s)")
+
+
+def _add_generation_args(parser: argparse.ArgumentParser, default_preset: str, default_judge: str | None = None) -> None:
+    """The engine's options and a run's (RunOptions); choices and defaults are theirs."""
+    from .options import JUDGES, MODES, POSTPROCESSES, RunOptions, default_of
+
+    _add_engine_args(parser, default_preset)
+    run = functools.partial(default_of, RunOptions)
+    parser.add_argument("--seed", type=int, default=run("seed"), help="noise seed (default: %(default)s)")
+    parser.add_argument("--duration", type=float, default=run("duration"),
+                        help="seconds of audio (default: 8, shortened to the video's length)")
+    parser.add_argument("--prompt", default=run("prompt"), help="text prompt")
+    parser.add_argument("--negative-prompt", default=run("negative_prompt"), help="negative text prompt")
     steps = parser.add_argument_group("DeepSound steps")
     steps.add_argument("--mode", default=run("mode"), choices=MODES,
                        help="s4: all steps; s3: stop after voice-over removal; gen: step 1 only (default: %(default)s)")
@@ -58,13 +75,31 @@ def _add_generation_args(parser: argparse.ArgumentParser, default_preset: str, d
                        help="voice-over judge: the MLLM (cot, qa), the speech detector (vad), or always "
                             "(assume voice-over: removal always runs); auto = cot with --mllm, else vad "
                             "(default: %(default)s)")
-    steps.add_argument("--judge-mllm", type=Path,
-                       help="another checkpoint for the cot/qa judge, e.g. VideoLLaMA2.1-7B-AV-QA (default: --mllm)")
-    steps.add_argument("--mllm", type=Path, help="VideoLLaMA2.1-7B-AV(-CoT/-QA) directory (config.json + safetensors)")
-    steps.add_argument("--siglip", type=Path, help="SigLIP so400m/14@384 directory (the MLLM's vision tower)")
-    steps.add_argument("--separator", type=Path, help="BS-RoFormer viperx ep317 checkpoint (default: in --weights)")
-    steps.add_argument("--vad-share", type=float, default=engine("vad_min_speech_share"),
-                       help="vad judge: voice-over when speech covers at least this share of the clip (%(default)s)")
+
+
+def _add_serve_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default: 127.0.0.1; any other address needs a token)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    parser.add_argument("--token", help="bearer token every route but /healthz asks for "
+                                        "(default: $DEEPSOUND_RT_TOKEN; none: loopback only)")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="job database, uploads and results (default: ~/.local/state/deepsound-rt)")
+    parser.add_argument("--devices", help="comma-separated devices, one runner and loaded Engine each, e.g. "
+                                          "cuda:0,cuda:1 (default: --device; auto = every CUDA GPU, else the CPU)")
+    parser.add_argument("--queue-size", type=int, default=32, help="jobs that may wait; more get 429 (default: 32)")
+    parser.add_argument("--max-upload-mb", type=float, default=512, help="largest upload, MiB (default: 512)")
+    parser.add_argument("--max-clip-seconds", type=float, default=60, help="longest clip accepted (default: 60)")
+    parser.add_argument("--lease-seconds", type=float, default=30,
+                        help="a job whose worker stops renewing its lease this long is run again (default: 30)")
+    _add_engine_args(parser, default_preset="large_44k_v2")
+    ray = parser.add_argument_group("Ray Serve (several GPUs or machines)")
+    ray.add_argument("--ray", action="store_true", help="run as a Ray Serve deployment, one replica per GPU")
+    ray.add_argument("--ray-address", help="join this Ray cluster (default: start a local Ray instance)")
+    ray.add_argument("--replicas", type=int, default=1, help="replicas (default: 1; with autoscaling: the first count)")
+    ray.add_argument("--min-replicas", type=int, help="autoscale by job backlog, down to this many")
+    ray.add_argument("--max-replicas", type=int, help="autoscale by job backlog, up to this many")
+    ray.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs Ray reserves per replica (default: 1)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="instead: run each graph of this export on ONNX Runtime and its torch module, compare")
     verify.add_argument("--weights", type=Path, help="with --export: the weights the export was made from")
     sub.add_parser("bench", help="per-stage latency, every variant side by side (deepsound-rt bench --help)")
+
+    serve = sub.add_parser("serve", help="HTTP job API with live step events, metrics and a web page")
+    _add_serve_args(serve)
     return parser
 
 
@@ -115,17 +153,21 @@ def _weights_source(args: argparse.Namespace) -> str:
     return "full-random" if args.random_weights else "auto"
 
 
-def _engine_from_args(args: argparse.Namespace):
-    from .engine import Engine
+def _engine_config_from_args(args: argparse.Namespace):
+    """The one way from CLI options to an EngineConfig (run, demo and serve)."""
     from .options import EngineConfig
 
-    config = EngineConfig(preset=args.preset, weights=args.weights, weights_source=_weights_source(args),
-                          device=args.device, dtype=args.dtype, num_steps=args.num_steps, cfg_strength=args.cfg,
-                          verify_checksums=not args.no_checksum, mllm=args.mllm, judge_mllm=args.judge_mllm,
-                          siglip=args.siglip, separator=args.separator, vad_min_speech_share=args.vad_share,
-                          backend=args.backend, export=args.export, cuda_graphs=args.cuda_graphs,
-                          kernels=args.kernels)
-    return Engine(config)
+    return EngineConfig(preset=args.preset, weights=args.weights, weights_source=_weights_source(args),
+                        device=args.device, dtype=args.dtype, num_steps=args.num_steps, cfg_strength=args.cfg,
+                        verify_checksums=not args.no_checksum, mllm=args.mllm, judge_mllm=args.judge_mllm,
+                        siglip=args.siglip, separator=args.separator, vad_min_speech_share=args.vad_share,
+                        backend=args.backend, export=args.export, cuda_graphs=args.cuda_graphs, kernels=args.kernels)
+
+
+def _engine_from_args(args: argparse.Namespace):
+    from .engine import Engine
+
+    return Engine(_engine_config_from_args(args))
 
 
 def _generate(args: argparse.Namespace, video: Path) -> int:
@@ -205,6 +247,40 @@ def _bench(bench_args: list[str]) -> int:
     return runpy.run_path(str(script))["main"](bench_args)
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import os
+
+    from .config import resolve_device
+
+    try:
+        from .serving.server import run_ray, run_uvicorn
+        from .serving.settings import MIB, ServeSettings, expand_devices
+    except ImportError as error:
+        raise DeepSoundError(f"serve needs its packages: pip install 'deepsound_rt[serve]' ({error})") from error
+
+    devices = expand_devices(args.devices or args.device)
+    if not devices:
+        raise DeepSoundError("--devices: give at least one device")
+    for device in devices:
+        resolve_device(device)  # an unknown or absent device fails now, not in a runner
+    for name in ("queue_size", "max_upload_mb", "max_clip_seconds", "lease_seconds", "replicas"):
+        if getattr(args, name) <= 0:
+            raise DeepSoundError(f"--{name.replace('_', '-')} must be positive")
+    state_home = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    data_dir = args.data_dir or state_home / "deepsound-rt"
+    settings = ServeSettings(engine=_engine_config_from_args(args), data_dir=data_dir.expanduser(), devices=devices,
+                             token=args.token or os.environ.get("DEEPSOUND_RT_TOKEN") or None,
+                             max_upload_bytes=int(args.max_upload_mb * MIB), max_clip_seconds=args.max_clip_seconds,
+                             queue_size=args.queue_size, lease_seconds=args.lease_seconds)
+    logging.getLogger("deepsound_rt.serving").setLevel(logging.INFO)
+    if args.ray:
+        run_ray(settings, args.host, args.port, address=args.ray_address, replicas=args.replicas,
+                min_replicas=args.min_replicas, max_replicas=args.max_replicas, replica_cpus=args.replica_cpus)
+    else:
+        run_uvicorn(settings, args.host, args.port)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     logging.basicConfig(level=logging.WARNING, format="deepsound-rt: %(levelname)s: %(message)s")
@@ -212,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         if argv[:1] == ["bench"]:  # the harness parses its own options
             return _bench(argv[1:])
         args = build_parser().parse_args(argv)
-        return {"run": _run, "demo": _demo, "verify": _verify, "export": _export}[args.command](args)
+        return {"run": _run, "demo": _demo, "verify": _verify, "export": _export, "serve": _serve}[args.command](args)
     except DeepSoundError as exc:
         print(f"deepsound-rt: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
