@@ -64,6 +64,7 @@ setup(
         "torch>=2.4",
         "torchvision",
         "open_clip_torch>=2.24",
+        "torchao>=0.18",
         "timm",
         "safetensors",
         "av>=12",
