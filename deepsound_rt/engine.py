@@ -25,10 +25,12 @@ from .errors import DeepSoundError
 from .export.manifest import ExportManifest
 from .io.output import write_output
 from .io.video import load_video
-from .models.loading import DEV_SEED, GeneratorModels, load_generator_models
+from .memory import check_fits, mllm_parts, pipeline_bytes, resolve_tier
+from .models.loading import DEV_SEED, NETWORKS_OF_GRAPH, GeneratorModels, load_generator_models
 from .models.mmaudio.network import sequence_lengths
 from .models.mmaudio.sampler import initial_noise
 from .progress import ProgressEvent
+from .residency import Residency
 from .stages import decode, features, generate
 from .stages.silence import check_silence
 from .timing import Timings
@@ -68,6 +70,8 @@ class EngineConfig:
     cuda_graphs: bool = False  # replay the velocity step, VAE and vocoder as CUDA graphs (CUDA only)
     backend: str = "auto"  # per graph the best installed backend that has it (deepsound_rt.backends)
     export: Path | None = None  # a `deepsound-rt export` directory for the onnxruntime/tensorrt backends
+    memory: str = "max"  # max, balanced or low: which networks stay on the device (deepsound_rt.memory)
+    mllm_precision: str = "auto"  # int8 LLM weights, or the Engine's dtype; auto: int8 in the low tier
 
 
 @dataclass
@@ -106,10 +110,19 @@ class Engine:
         self.preset: Preset = PRESETS[config.preset]
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
+        # Memory tier: a tier that cannot fit is refused before anything loads.
+        self.tier, self.int8_llm = resolve_tier(config.memory, config.mllm_precision)
+        check_fits(pipeline_bytes(self), config.memory, config.mllm_precision, self.device)
+        self.residency = Residency(self.device)
         self.models: GeneratorModels = load_generator_models(self.preset, config.weights, self.device, self.dtype,
                                                              verify_checksums=config.verify_checksums,
                                                              random_weights=config.random_weights)
         self.graphs = self._load_graphs()
+        if self.tier.offload_encoders:  # those that run on torch; an exported graph holds its own weights
+            on_torch = {net for name, graph in self.graphs.items() if graph.backend.startswith("torch")
+                        for net in NETWORKS_OF_GRAPH[name]}
+            self.residency.offload("encoders", [getattr(self.models, net) for net in ("clip", "synchformer")
+                                                if net in on_torch])
 
     def _load_graphs(self) -> dict[str, Graph]:
         """Each generator graph on its backend: exported graphs (ONNX Runtime, TensorRT) where an
@@ -164,9 +177,28 @@ class Engine:
             raise DeepSoundError("this step needs the MLLM: set EngineConfig.mllm (CLI --mllm DIR)")
         else:
             reasoner = MLLMReasoner.from_dirs(self.config.mllm, self.config.siglip, device=self.device,
-                                              dtype=self.dtype)
-        return reasoner.use_graphs(load_step_graphs(self.config.backend, self.config.export, reasoner.graph_modules(),
-                                                    self.device, self.dtype, self.preset.name))
+                                              dtype=self.dtype, weights_device=self._mllm_weights_device)
+        reasoner.use_graphs(load_step_graphs(self.config.backend, self.config.export, reasoner.graph_modules(),
+                                             self.device, self.dtype, self.preset.name))
+        return self._fit_mllm("mllm", reasoner)
+
+    @property
+    def _mllm_weights_device(self) -> torch.device:
+        """Where an MLLM checkpoint loads: the host when the tier offloads it (the device never
+        holds it whole outside its steps, not even while loading)."""
+        return torch.device("cpu") if self.tier.offload_steps else self.device
+
+    def _fit_mllm(self, network: str, reasoner):
+        """The memory tier's part: int8 language-model weights (quantised on the compute device,
+        layer by layer), then host copies between steps."""
+        from .models.mllm.quantize import quantize_llm_int8
+
+        model = reasoner.model
+        if self.int8_llm:
+            quantize_llm_int8(model, work_device=self.device)
+        if self.tier.offload_steps:
+            self.residency.offload(network, mllm_parts(model), in_order=True)
+        return reasoner
 
     @functools.cached_property
     def judge_reasoner(self):
@@ -176,7 +208,8 @@ class Engine:
         judge_dir = self.config.judge_mllm
         if judge_dir is None or self.preset.random_weights or self.config.random_weights or judge_dir == self.config.mllm:
             return self.reasoner
-        return MLLMReasoner.from_dirs(judge_dir, self.config.siglip, device=self.device, dtype=self.dtype)
+        return self._fit_mllm("judge_mllm", MLLMReasoner.from_dirs(
+            judge_dir, self.config.siglip, device=self.device, dtype=self.dtype, weights_device=self._mllm_weights_device))
 
     @functools.cached_property
     def detector(self):
@@ -196,9 +229,11 @@ class Engine:
             separator = load_separator(None, self.device, self.dtype, random_seed=DEV_SEED)
         else:
             separator = load_separator(self.separator_path(), self.device, self.dtype)
-        return separator.use_graphs(load_step_graphs(self.config.backend, self.config.export,
-                                                     separator.graph_modules(), self.device, self.dtype,
-                                                     self.preset.name))
+        separator.use_graphs(load_step_graphs(self.config.backend, self.config.export, separator.graph_modules(),
+                                              self.device, self.dtype, self.preset.name))
+        if self.tier.offload_steps:
+            self.residency.offload("separator", [separator.model])
+        return separator
 
     def separator_path(self) -> Path:
         from .stages.separate import SEPARATOR_FILE
@@ -210,6 +245,12 @@ class Engine:
                                  "(CLI --separator FILE) or put it in the weights directory")
         return find_weight_file(Path(self.config.weights), SEPARATOR_FILE)
 
+    def plan(self, video: Path):
+        """Step 0: the MLLM's step plan for the video."""
+        reasoner = self.reasoner
+        with self.residency.on_device("mllm"):
+            return reasoner.plan(video)
+
     def judge_voice_over(self, video: Path, audio: np.ndarray, sample_rate: int, judge: str) -> tuple[bool, dict]:
         """Step 2: (voice-over?, details) by the MLLM (``cot``/``qa``) or the speech detector (``vad``);
         ``always`` assumes voice-over, so removal always runs (content known to attract hallucinated
@@ -219,15 +260,18 @@ class Engine:
         if judge == "vad":
             decision = self.detector.detect(audio, sample_rate)
             return decision.voice_over, {"speech_share": decision.speech_share, "segments": decision.segments}
-        answer = self.judge_reasoner.judge_voice_over(video, audio, sample_rate, mode=judge,
-                                                duration_s=len(audio) / sample_rate)
-        return answer.voice_over, {"answer": answer.text, "timings": self.judge_reasoner.last_timings}
+        reasoner = self.judge_reasoner
+        with self.residency.on_device("judge_mllm" if "judge_mllm" in self.residency else "mllm"):
+            answer = reasoner.judge_voice_over(video, audio, sample_rate, mode=judge, duration_s=len(audio) / sample_rate)
+        return answer.voice_over, {"answer": answer.text, "timings": reasoner.last_timings}
 
     def remove_voice_over(self, audio: np.ndarray, sample_rate: int) -> tuple[np.ndarray, Timings]:
         """Step 3: the instrumental part of ``audio`` (mix minus vocals), same rate and length, and
         how long the separator took on which backend."""
-        instrumental = self.separator.remove_vocals(audio, sample_rate)
-        return instrumental, self.separator.last_timings
+        separator = self.separator
+        with self.residency.on_device("separator"):
+            instrumental = separator.remove_vocals(audio, sample_rate)
+        return instrumental, separator.last_timings
 
     def check_silence(self, audio: np.ndarray):
         """Step 4: DeepSound's RMS rule with the configured thresholds."""
@@ -266,25 +310,26 @@ class Engine:
             report(ProgressEvent(name, 0, 1))
             return timings.measure(name, self.device, graph.backend if graph is not None else "")
 
-        with stage("video decode"):
-            clip = load_video(video, DEFAULT_DURATION_S if duration is None else duration)
-        report(ProgressEvent("video decode", 1, 1))
+        with self.residency.on_device("encoders"):  # the low tier releases CLIP and the Synchformer after
+            with stage("video decode"):
+                clip = load_video(video, DEFAULT_DURATION_S if duration is None else duration)
+            report(ProgressEvent("video decode", 1, 1))
 
-        check_export_duration(graphs, self.preset.name, clip.duration_s)  # exports bake in their duration
-        latent_len, clip_len, sync_len = sequence_lengths(clip.duration_s, self.preset.sampling_rate,
-                                                          self.preset.hop_length)
-        self.models.set_sequence_lengths(latent_len, clip_len, sync_len)
+            check_export_duration(graphs, self.preset.name, clip.duration_s)  # exports bake in their duration
+            latent_len, clip_len, sync_len = sequence_lengths(clip.duration_s, self.preset.sampling_rate,
+                                                              self.preset.hop_length)
+            self.models.set_sequence_lengths(latent_len, clip_len, sync_len)
 
-        with stage("clip", graphs["clip_image"]):
-            clip_f = features.clip_image_features(graphs["clip_image"], clip.clip_frames[:clip_len])
-        report(ProgressEvent("clip", 1, 1))
-        with stage("synchformer", graphs["sync"]):
-            sync_f = features.sync_features(graphs["sync"], clip.sync_frames)
-        report(ProgressEvent("synchformer", 1, 1))
-        with stage("text", graphs["clip_text"]):
-            tokens = self.models.tokenize([prompt, negative_prompt])
-            text_f = features.text_features(graphs["clip_text"], tokens)
-        report(ProgressEvent("text", 1, 1))
+            with stage("clip", graphs["clip_image"]):
+                clip_f = features.clip_image_features(graphs["clip_image"], clip.clip_frames[:clip_len])
+            report(ProgressEvent("clip", 1, 1))
+            with stage("synchformer", graphs["sync"]):
+                sync_f = features.sync_features(graphs["sync"], clip.sync_frames)
+            report(ProgressEvent("synchformer", 1, 1))
+            with stage("text", graphs["clip_text"]):
+                tokens = self.models.tokenize([prompt, negative_prompt])
+                text_f = features.text_features(graphs["clip_text"], tokens)
+            report(ProgressEvent("text", 1, 1))
 
         with stage("conditions", graphs["flow_conditions"]):
             conditions = generate.prepare_conditions(graphs["flow_conditions"], clip_f, sync_f[:, :sync_len],
@@ -416,7 +461,7 @@ class _StepRunner:
         started = time.perf_counter()
         details = {}
         if engine.has_planner:
-            plan = engine.reasoner.plan(self.video)
+            plan = engine.plan(self.video)
             steps, how = plan.steps, ("fast path" if plan.fast_path else "generated")
             details["timings"] = engine.reasoner.last_timings
             if plan.defaulted:  # the parser has logged the unusable text

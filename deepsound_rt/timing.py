@@ -14,6 +14,21 @@ class StageTiming:
     stage: str
     seconds: float
     backend: str = ""
+    cuda_peak: tuple[int, int] | None = None  # (allocated, reserved) bytes, under track_cuda_memory()
+
+
+_tracking = {"cuda": False}
+
+
+@contextmanager
+def track_cuda_memory() -> Iterator[None]:
+    """Record each CUDA stage's peak allocated and reserved memory (for benchmarks: it resets
+    torch's peak counters at every stage, which a caller measuring its own peak would not want)."""
+    _tracking["cuda"] = True
+    try:
+        yield
+    finally:
+        _tracking["cuda"] = False
 
 
 @dataclass
@@ -22,11 +37,15 @@ class Timings:
 
     @contextmanager
     def measure(self, stage: str, device: torch.device | None = None, backend: str = "") -> Iterator[None]:
+        track = _tracking["cuda"] and device is not None and device.type == "cuda"
         _synchronize(device)
+        if track:
+            torch.cuda.reset_peak_memory_stats(device)
         start = time.perf_counter()
         yield
         _synchronize(device)
-        self.stages.append(StageTiming(stage, time.perf_counter() - start, backend))
+        peak = (torch.cuda.max_memory_allocated(device), torch.cuda.max_memory_reserved(device)) if track else None
+        self.stages.append(StageTiming(stage, time.perf_counter() - start, backend, peak))
 
     @property
     def total(self) -> float:
@@ -41,5 +60,8 @@ class Timings:
 
 
 def _synchronize(device: torch.device | None) -> None:
+    # The current stream only: every stage runs there (our kernels, CUDA graphs and TensorRT
+    # included), and a device-wide sync would also wait for weight copies on the residency's side
+    # stream that are meant to overlap the stage.
     if device is not None and device.type == "cuda":
-        torch.cuda.synchronize(device)
+        torch.cuda.current_stream(device).synchronize()
