@@ -9,6 +9,11 @@ settings, every timing), bench.md (tables) and bench.png (per-stage stacked bars
     deepsound-rt bench --preset dev --quick --out out/bench
     deepsound-rt bench --preset small_16k --random-weights --duration 8 --out benchmarks/results/cpu
     deepsound-rt bench --preset large_44k_v2 --random-weights --duration 10 --out $OUT/gpu   (one GPU)
+    deepsound-rt bench ... --memory max,balanced,low --variants "bf16 + kernels + CUDA graphs"
+
+``--memory`` runs each variant in each memory tier: peak memory per stage and end to end (CUDA:
+allocated and reserved; CPU: resident set), measured after loading, and each tier's time against
+``max``.
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +35,15 @@ import torch
 
 from deepsound_rt import kernels
 from deepsound_rt.engine import Engine, EngineConfig
+from deepsound_rt.errors import DeepSoundError
 from deepsound_rt.io.sample import make_test_video
+from deepsound_rt.memory import MEMORY_TIERS
 from deepsound_rt.models.mllm.audio_input import audio_features
 from deepsound_rt.models.mllm.decoding import new_cache
 from deepsound_rt.models.mllm.prompt import VOICE_OVER_QUESTION
 from deepsound_rt.models.mllm.vision import video_pixels
 from deepsound_rt.stages.reason import to_16k_mono
+from deepsound_rt.timing import track_cuda_memory
 
 STEP1_STAGES = ("video decode", "clip", "synchformer", "text", "conditions", "sampling", "vae", "vocoder")
 REASONING_STAGES = ("mllm encoders", "mllm prefill", "mllm decode", "detector", "separator", "silence check")
@@ -77,27 +85,41 @@ def variants_for(device: torch.device, export: Path | None) -> list[Variant]:
 @dataclass
 class Measurement:
     stages: dict[str, list[float]] = field(default_factory=dict)
+    cuda_peaks: dict[str, tuple[int, int]] = field(default_factory=dict)  # stage -> (allocated, reserved)
 
     def add(self, stage: str, seconds: float) -> None:
         self.stages.setdefault(stage, []).append(seconds)
 
+    def peak(self, stage: str, peak: tuple[int, int]) -> None:
+        old = self.cuda_peaks.get(stage, (0, 0))
+        self.cuda_peaks[stage] = (max(old[0], peak[0]), max(old[1], peak[1]))
+
 
 def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    if device.type == "cuda":  # the current stream, as the Engine's own timings (see deepsound_rt.timing)
+        torch.cuda.current_stream(device).synchronize()
 
 
-def _timed(device: torch.device, fn):
+def _timed(device: torch.device, fn, peaks: dict | None = None, stage: str = ""):
+    """(fn(), seconds); with ``peaks`` on CUDA also records the stage's peak memory there."""
     _sync(device)
+    track = peaks is not None and device.type == "cuda"
+    if track:
+        torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     result = fn()
     _sync(device)
-    return result, time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    if track:
+        peaks[stage] = (torch.cuda.max_memory_allocated(device), torch.cuda.max_memory_reserved(device))
+    return result, seconds
 
 
-def _reasoning_stages(engine: Engine, video: Path, audio: np.ndarray, duration: float) -> dict[str, float]:
-    """Steps 0-4 beyond generation, each timed alone on the step-1 audio."""
-    device, out = engine.device, {}
+def _reasoning_stages(engine: Engine, video: Path, audio: np.ndarray,
+                      duration: float) -> tuple[dict[str, float], dict[str, tuple[int, int]]]:
+    """Steps 0-4 beyond generation, each timed alone on the step-1 audio; and their CUDA peaks.
+    The MLLM's weights move onto the device inside the timings where the tier offloads them."""
+    device, out, peaks = engine.device, {}, {}
     reasoner = engine.reasoner
     model = reasoner.model
 
@@ -106,11 +128,11 @@ def _reasoning_stages(engine: Engine, video: Path, audio: np.ndarray, duration: 
         fbank = audio_features(to_16k_mono(audio, engine.sample_rate)).to(device)
         return [model.encode_video(pixels), model.encode_audio(fbank)]
 
-    with torch.inference_mode():
-        media, out["mllm encoders"] = _timed(device, encoders)
+    with torch.inference_mode(), engine.residency.on_device("mllm"):
+        media, out["mllm encoders"] = _timed(device, encoders, peaks, "mllm encoders")
         embeds = reasoner.prompt_embeds(VOICE_OVER_QUESTION, media)
         cache = new_cache(model)
-        logits, out["mllm prefill"] = _timed(device, lambda: model.logits(embeds, cache))
+        logits, out["mllm prefill"] = _timed(device, lambda: model.logits(embeds, cache), peaks, "mllm prefill")
 
         def decode():
             token = int(logits[-1].argmax())
@@ -118,53 +140,75 @@ def _reasoning_stages(engine: Engine, video: Path, audio: np.ndarray, duration: 
                 step = model.logits(model.embed(torch.tensor([[token]], device=device)), cache)
                 token = int(step[-1].argmax())
 
-        _, out["mllm decode"] = _timed(device, decode)
-    _, out["detector"] = _timed(device, lambda: engine.detector.detect(audio, engine.sample_rate))
-    (instrumental, _), out["separator"] = _timed(device, lambda: engine.remove_voice_over(audio, engine.sample_rate))
-    _, out["silence check"] = _timed(device, lambda: engine.check_silence(instrumental))
-    return out
+        _, out["mllm decode"] = _timed(device, decode, peaks, "mllm decode")
+        del media, embeds, cache, logits
+    _, out["detector"] = _timed(device, lambda: engine.detector.detect(audio, engine.sample_rate), peaks, "detector")
+    (instrumental, _), out["separator"] = _timed(
+        device, lambda: engine.remove_voice_over(audio, engine.sample_rate), peaks, "separator")
+    _, out["silence check"] = _timed(device, lambda: engine.check_silence(instrumental), peaks, "silence check")
+    return out, peaks
 
 
-def measure(variant: Variant, args: argparse.Namespace, video: Path) -> dict:
-    """Load an Engine for ``variant`` and time warm-up + timed runs of every stage."""
+def measure(variant: Variant, args: argparse.Namespace, video: Path, tier: str = "max", baseline: bool = False) -> dict:
+    """Load an Engine for ``variant`` in memory ``tier`` and time warm-up + timed runs of every
+    stage; memory peaks are taken separately for loading and for the runs (warm-up included)."""
     device = torch.device(args.device)
     _reset_peak_rss()
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    with kernels.use_kernels(variant.kernels):
+    with kernels.use_kernels(variant.kernels), track_cuda_memory():
         started = time.perf_counter()
         engine = Engine(EngineConfig(preset=args.preset, weights=args.weights, device=args.device,
                                      dtype=variant.dtype, steps=args.steps, random_weights=args.random_weights,
                                      cuda_graphs=variant.cuda_graphs, backend=variant.backend,
-                                     export=args.export if variant.backend != "torch" else None))
+                                     export=args.export if variant.backend != "torch" else None, memory=tier))
         reasoning = args.pipeline and engine.has_planner
         if reasoning:  # build the lazily loaded step-0/2/3 models outside the timings
             for model in ("reasoner", "separator", "detector"):
                 getattr(engine, model)
         load_seconds = time.perf_counter() - started
+        load_rss = _peak_rss_gib()
+        load_cuda = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+        _reset_peak_rss()
         measurement = Measurement()
         for run in range(args.warmup + args.runs):
             generated = engine.generate(video, duration=args.duration, seed=run)
             stages = dict(generated.timings.as_dict())
+            peaks = {t.stage: t.cuda_peak for t in generated.timings.stages if t.cuda_peak}
             if reasoning:
-                stages |= _reasoning_stages(engine, video, generated.waveform, generated.duration_s)
+                reasoning_times, reasoning_peaks = _reasoning_stages(engine, video, generated.waveform,
+                                                                     generated.duration_s)
+                stages |= reasoning_times
+                peaks |= reasoning_peaks
+            for stage, peak in peaks.items():
+                measurement.peak(stage, peak)
             if run >= args.warmup:
                 for stage, seconds in stages.items():
                     measurement.add(stage, seconds)
     totals = [sum(values[i] for values in measurement.stages.values()) for i in range(args.runs)]
+    run_rss = _peak_rss_gib()
     result = {
-        "variant": variant.__dict__,
+        "variant": dict(variant.__dict__, baseline=baseline),
+        "memory": tier,
+        "label": variant.name if tier == "max" else f"{variant.name}, {tier}",
         "backend": sorted({t.backend for t in generated.timings.stages if t.backend}),
         "load_seconds": load_seconds,
         "audio_seconds": generated.duration_s,
         "stages": {stage: _summary(values) for stage, values in measurement.stages.items()},
         "end_to_end": _summary(totals),
         "real_time_factor": generated.duration_s / statistics.median(totals),
-        "peak_rss_gib": _peak_rss_gib(),
+        "peak_rss_gib": max(load_rss, run_rss),
+        "load_peak_rss_gib": load_rss,
+        "run_peak_rss_gib": run_rss,
     }
     if device.type == "cuda":
-        result["cuda_max_allocated_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        for stage, (allocated, reserved) in measurement.cuda_peaks.items():
+            result["stages"][stage] |= {"peak_allocated_gib": allocated / 2**30, "peak_reserved_gib": reserved / 2**30}
+        run_allocated = max(a for a, _ in measurement.cuda_peaks.values()) / 2**30
+        result |= {"cuda_max_allocated_gib": max(load_cuda, run_allocated), "load_peak_allocated_gib": load_cuda,
+                   "run_peak_allocated_gib": run_allocated,
+                   "run_peak_reserved_gib": max(r for _, r in measurement.cuda_peaks.values()) / 2**30}
     del engine
     return result
 
@@ -187,7 +231,7 @@ def _reset_peak_rss() -> None:
 
 
 def _peak_rss_gib() -> float:
-    """The process's peak resident memory since the variant started (VmHWM)."""
+    """The process's peak resident memory since the last :func:`_reset_peak_rss` (VmHWM)."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 2**20
@@ -223,7 +267,7 @@ def markdown(report: dict) -> str:
     variants = report["variants"]
     baseline = next(v for v in variants if v["variant"]["baseline"])
     stages = [s for s in (*STEP1_STAGES, *REASONING_STAGES) if any(s in v["stages"] for v in variants)]
-    names = [v["variant"]["name"] for v in variants]
+    names = [_label(v) for v in variants]
     lines = [
         f"# deepsound_rt bench: {report['settings']['preset']}, {report['settings']['duration']} s clip",
         "",
@@ -248,9 +292,38 @@ def markdown(report: dict) -> str:
     lines.append("| speed-up vs baseline | " + " | ".join(f"{s:.2f}x" for s in speedups) + " |")
     memory_key = "cuda_max_allocated_gib" if "cuda_max_allocated_gib" in variants[0] else "peak_rss_gib"
     lines.append(f"| {memory_key} | " + " | ".join(f"{v[memory_key]:.2f}" for v in variants) + " |")
+    lines += _memory_rows(variants)
     lines.append("")
-    lines.append(f"Baseline: {baseline['variant']['name']}. Load time is not included.")
+    lines.append(f"Baseline: {_label(baseline)}. Load time is not included.")
+    if any("peak_allocated_gib" in v["stages"].get(stage, {}) for v in variants for stage in stages):
+        lines += ["", "Peak CUDA memory per stage over all runs, GiB allocated / reserved (after loading):", "",
+                  "| stage | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+        for stage in stages:
+            cells = [f"{v['stages'][stage]['peak_allocated_gib']:.2f} / {v['stages'][stage]['peak_reserved_gib']:.2f}"
+                     if "peak_allocated_gib" in v["stages"].get(stage, {}) else "-" for v in variants]
+            lines.append(f"| {stage} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _label(variant: dict) -> str:
+    return variant.get("label", variant["variant"]["name"])
+
+
+def _memory_rows(variants: list[dict]) -> list[str]:
+    """Run peaks (after loading) and, where a variant ran in several memory tiers, each tier's
+    end-to-end time against the same variant's ``max``."""
+    rows = []
+    for key, title in (("run_peak_allocated_gib", "peak CUDA allocated, run (GiB)"),
+                       ("run_peak_reserved_gib", "peak CUDA reserved, run (GiB)"),
+                       ("run_peak_rss_gib", "peak RSS, run (GiB)")):
+        if all(key in v for v in variants):
+            rows.append(f"| {title} | " + " | ".join(f"{v[key]:.2f}" for v in variants) + " |")
+    if len({v.get("memory", "max") for v in variants}) > 1:
+        at_max = {v["variant"]["name"]: v["end_to_end"]["p50"] for v in variants if v.get("memory", "max") == "max"}
+        cells = [f"{v['end_to_end']['p50'] / at_max[v['variant']['name']]:.2f}x" if v["variant"]["name"] in at_max
+                 else "-" for v in variants]
+        rows.append("| time vs tier max | " + " | ".join(cells) + " |")
+    return rows
 
 
 def plot(report: dict, path: Path) -> None:
@@ -269,7 +342,7 @@ def plot(report: dict, path: Path) -> None:
         heights = np.array([v["stages"].get(stage, {"p50": 0.0})["p50"] for v in variants])
         axis.bar(range(len(variants)), heights, bottom=bottoms, label=stage, color=colour)
         bottoms += heights
-    axis.set_xticks(range(len(variants)), [v["variant"]["name"] for v in variants], rotation=15, ha="right")
+    axis.set_xticks(range(len(variants)), [_label(v) for v in variants], rotation=15, ha="right")
     axis.set_ylabel("seconds (p50)")
     title = report["machine"].get("gpu") or report["machine"]["cpu"]
     axis.set_title(f"{report['settings']['preset']}, {report['settings']['duration']} s clip: {title}", fontsize=9)
@@ -294,6 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--variants", help="comma-separated variant names to run (default: all for the device)")
     parser.add_argument("--export", type=Path,
                         help="a `deepsound-rt export` of this preset and duration: adds the ONNX Runtime variant")
+    parser.add_argument("--memory", default="max",
+                        help=f"comma-separated memory tiers to run each variant in ({', '.join(MEMORY_TIERS)}; default max)")
     parser.add_argument("--quick", action="store_true", help="2 s clip, 2 steps, no warm-up, 1 run: a smoke test")
     parser.add_argument("--out", type=Path, default=Path("out/bench"), help="directory for bench.json/.md/.png")
     return parser
@@ -310,6 +385,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.variants:
         wanted = {name.strip() for name in args.variants.split(",")}
         variants = [v for v in variants if v.name in wanted] or variants
+    tiers = [tier.strip() for tier in args.memory.split(",")]
+    unknown = sorted(set(tiers) - set(MEMORY_TIERS))
+    if unknown:
+        raise DeepSoundError(f"unknown memory tier {', '.join(unknown)} (use {', '.join(MEMORY_TIERS)})")
+    if not any(v.baseline for v in variants):  # --variants left the baseline out: the first one is it
+        variants[0] = replace(variants[0], baseline=True)
     args.out.mkdir(parents=True, exist_ok=True)
     report = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -321,9 +402,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as folder:
         video = make_test_video(Path(folder) / "bench.mp4", args.duration + 0.5, 25, (640, 360))
         for variant in variants:
-            print(f"bench: {variant.name} ...", file=sys.stderr, flush=True)
-            report["variants"].append(measure(variant, args, video))
-            write_report(report, args.out)  # after every variant: a cut-short run keeps what it measured
+            for tier in tiers:
+                print(f"bench: {variant.name}, memory {tier} ...", file=sys.stderr, flush=True)
+                report["variants"].append(measure(variant, args, video, tier, variant.baseline and tier == tiers[0]))
+                write_report(report, args.out)  # after every variant: a cut-short run keeps what it measured
     print(markdown(report))
     return 0
 

@@ -40,6 +40,13 @@ def _add_generation_args(parser: argparse.ArgumentParser, default_preset: str, d
     parser.add_argument("--export", type=Path, help="a `deepsound-rt export` directory (onnxruntime/tensorrt)")
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="replay the velocity step, VAE and vocoder as CUDA graphs (CUDA only)")
+    parser.add_argument("--memory", default="max", choices=["max", "balanced", "low"],
+                        help="max: every network on the device (fastest); balanced: the MLLM and the separator "
+                             "only during their steps; low: also int8 LLM weights and the video encoders only "
+                             "while features are computed (default: max)")
+    parser.add_argument("--mllm-precision", default="auto", choices=["auto", "int8", "dtype"],
+                        help="the MLLM's language-model weights: int8, or dtype (as --dtype); auto = int8 with "
+                             "--memory low (default: auto)")
     steps = parser.add_argument_group("DeepSound steps")
     steps.add_argument("--mode", default="s4", choices=["s4", "s3", "gen"],
                        help="s4: all steps (default); s3: stop after voice-over removal; gen: step 1 only")
@@ -107,7 +114,8 @@ def _engine_from_args(args: argparse.Namespace):
                           random_weights=args.random_weights, mllm=args.mllm, judge_mllm=args.judge_mllm,
                           siglip=args.siglip,
                           separator=args.separator, vad_min_speech_share=args.vad_share, backend=args.backend,
-                          export=args.export, cuda_graphs=args.cuda_graphs)
+                          export=args.export, cuda_graphs=args.cuda_graphs, memory=args.memory,
+                          mllm_precision=args.mllm_precision)
     return Engine(config)
 
 
@@ -189,6 +197,9 @@ def _bench(bench_args: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     logging.basicConfig(level=logging.WARNING, format="deepsound-rt: %(levelname)s: %(message)s")
+    # transformers imports torchao when installed, and torch >= 2.14 logs two deprecation lines for
+    # the Enum pytree constants torchao 0.18 registers: noise on every command, nothing to act on.
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     try:
         if argv[:1] == ["bench"]:  # the harness parses its own options
             return _bench(argv[1:])
