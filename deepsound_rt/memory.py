@@ -29,12 +29,12 @@ MLLM_PRECISIONS = ("auto", "int8", "dtype")
 GIB = 2**30
 
 # Activation allowance of each step's largest moment, in GiB at 2 bytes per value (scaled by the
-# dtype), full-size networks, 10 s clip. Estimates: the H100 measured 23.4 GiB peak for `max` in
-# bf16 (46.6 GiB in fp32) over 20.2 GiB of weights, so the largest step needs about 3.2 GiB on top
-# of the weights; that step is the separator (4 chunks of 8 s stereo through 512-wide band
-# transformers), the MLLM (2,900 tokens) and the generator need less. The GPU table replaces
-# these with measurements.
-ACTIVATIONS_GIB = {"generate": 1.5, "mllm": 1.5, "remove": 3.2}
+# dtype), full-size networks, 10 s clip. Estimates: the H100 measured a 23.4 GiB peak for `max` in
+# bf16 (46.6 GiB in fp32) over 20.7 GiB (41.5 GiB) of weights, so the largest step needs about
+# 2.7 GiB (5.1 GiB) beyond the weights; we take that step to be the separator (4 chunks of 8 s
+# stereo through 512-wide band transformers) and give the MLLM (2,900 tokens) and the generator
+# less. The GPU table (`deepsound-rt bench --memory ...`, per stage) replaces these guesses.
+ACTIVATIONS_GIB = {"generate": 1.5, "mllm": 1.5, "remove": 2.7}
 DEV_ACTIVATIONS_GIB = 0.25  # any step of the tiny dev networks
 
 

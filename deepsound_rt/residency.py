@@ -163,7 +163,8 @@ class _Network:
             count += len(group)
             queue.mark(count)
         if not self.in_order:
-            queue.wait(count)
+            if count:
+                queue.wait(count)
             return
         for module, needed in self.subtree_end:
             if needed:

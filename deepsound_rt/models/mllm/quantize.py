@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ...errors import DeepSoundError
 from .videollama2 import VideoLLaMA2AV
 
 INT8_HALF_RANGE = 127.5
@@ -46,7 +47,10 @@ def quantize_llm_int8(model: VideoLLaMA2AV, work_device: torch.device | None = N
     about a second where a CPU takes minutes) and the result goes back where the weight was, so
     at most one layer exists twice at any moment. Outputs keep the model's dtype.
     """
-    from torchao.quantization import Int8Tensor, PerRow
+    try:
+        from torchao.quantization import Int8Tensor, PerRow
+    except ImportError as exc:
+        raise DeepSoundError(f"int8 MLLM weights need torchao 0.18 or newer (pip install torchao): {exc}") from None
 
     for _, linear in llm_linears(model):
         weight = linear.weight
