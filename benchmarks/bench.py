@@ -296,11 +296,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--export", type=Path,
                         help="a `deepsound-rt export` of this preset and duration: adds the ONNX Runtime variant")
     parser.add_argument("--quick", action="store_true", help="2 s clip, 2 steps, no warm-up, 1 run: a smoke test")
+    parser.add_argument("--memory", metavar="TIERS",
+                        help="instead: peak memory and time per memory tier (benchmarks/bench_memory.py, "
+                             "its own options)")
     parser.add_argument("--out", type=Path, default=Path("out/bench"), help="directory for bench.json/.md/.png")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(arg == "--memory" or arg.startswith("--memory=") for arg in argv):  # the memory-tier table
+        import runpy
+
+        return runpy.run_path(str(Path(__file__).with_name("bench_memory.py")))["main"](argv)
     args = build_parser().parse_args(argv)
     if args.quick:
         args.duration, args.num_steps, args.warmup, args.runs = 2.0, 2, 0, 1

@@ -8,9 +8,12 @@
 #      over the torch ops, 44.1 kHz vocoder real-time factor with and without the kernel,
 #   5. the whole pipeline at full size with random weights (large_44k_v2 generator, 7B MLLM,
 #      BS-RoFormer) for a 10 s clip: eager fp32, eager bf16 (the baseline), bf16 + our kernels,
-#      bf16 + kernels + CUDA graphs, side by side; prints the table (PIPELINE=0 skips it).
+#      bf16 + kernels + CUDA graphs, side by side; prints the table (PIPELINE=0 skips it),
+#   6. memory tiers (issue 16; MEMORY=0 skips it): the memory tests on CUDA, then the same pipeline
+#      in bf16 + CUDA graphs in tiers max, balanced and low: peak allocated/reserved memory per step
+#      and end to end, each tier's time against max (needs torchao: carry its wheel).
 # Results go to $OUT (default: out/gpu): build.log, pytest.log, bench_kernels.json/.log,
-# bench.json/.md/.png. A failing step is reported and the later steps still run; the exit status
+# bench.json/.md/.png, pytest_memory.log, memory/bench_memory.json/.md. A failing step is reported and the later steps still run; the exit status
 # is 1 if any failed. Every step has its own time cap, and all are cut short so that the whole run
 # ends within $BUDGET seconds (default 570). Python packages the package needs beyond
 # torch/transformers/timm/onnxruntime must be installed first (offline: pip install --no-index
@@ -67,6 +70,17 @@ if [ "${PIPELINE:-1}" != 0 ]; then
   step "pipeline benchmark (large_44k_v2, 7B MLLM, BS-RoFormer; random weights; 10 s clip)"
   timeout "$(cap 240)" "$PYTHON" -m deepsound_rt.cli bench --preset large_44k_v2 --random-weights --duration 10 \
     --warmup 1 --runs 2 --out "$OUT" || fail "pipeline benchmark failed (or timed out)"
+fi
+
+if [ "${MEMORY:-1}" != 0 ]; then
+  step "memory tests on CUDA (log: $OUT/pytest_memory.log)"
+  timeout "$(cap 120)" "$PYTHON" -m pytest -q -rs tests/test_memory.py -k cuda >"$OUT/pytest_memory.log" 2>&1 \
+    || fail "memory tests failed (or timed out)"
+  tail -4 "$OUT/pytest_memory.log"
+  step "memory tiers max, balanced, low (large_44k_v2, 7B MLLM, BS-RoFormer; random weights; 10 s clip)"
+  timeout "$(cap 330)" "$PYTHON" -m deepsound_rt.cli bench --memory max,balanced,low --preset large_44k_v2 \
+    --random-weights --duration 10 --cuda-graphs --warmup 1 --runs 2 --out "$OUT/memory" \
+    || fail "memory-tier benchmark failed (or timed out)"
 fi
 
 step "done: status $STATUS, results in $OUT"

@@ -28,6 +28,12 @@ KERNELS_ENV = "DEEPSOUND_RT_KERNELS"
 DTYPES = ("auto", *DTYPE_NAMES)
 BACKEND_CHOICES = (AUTO, *BACKENDS)
 WEIGHTS_SOURCES = ("auto", *(source.value for source in WeightsSource))
+MEMORY_TIERS = ("max", "balanced", "low")
+"""Fastest first. max: every network on the device; balanced: the MLLM and the separator only during
+their steps; low: also int8 LLM weights and the video encoders only while features are computed
+(deepsound_rt.memory)."""
+MLLM_PRECISIONS = ("auto", "int8", "dtype")
+"""The MLLM's language-model weights: int8, or the Engine's dtype; auto: int8 in the low tier."""
 MAX_SEED = 2**63
 
 
@@ -91,12 +97,16 @@ class EngineConfig:
     backend: str = AUTO  # per graph the best installed backend that has it (deepsound_rt.backends)
     export: Path | None = None  # a `deepsound-rt export` directory for the onnxruntime/tensorrt backends
     kernels: str = field(default_factory=default_kernels)  # see KERNEL_SETTINGS
+    memory: str = "max"  # see MEMORY_TIERS
+    mllm_precision: str = "auto"  # see MLLM_PRECISIONS
 
     def __post_init__(self) -> None:
         _choice("preset", self.preset, tuple(sorted(PRESETS)))
         _choice("dtype", self.dtype, DTYPES)
         _choice("backend", self.backend, BACKEND_CHOICES)
         _choice(f"kernels setting (EngineConfig.kernels or ${KERNELS_ENV})", self.kernels, KERNEL_SETTINGS)
+        _choice("memory tier", self.memory, MEMORY_TIERS)
+        _choice("mllm_precision", self.mllm_precision, MLLM_PRECISIONS)
         object.__setattr__(self, "weights_source", resolve_weights_source(self.preset, self.weights_source))
         if not isinstance(self.device, str) or not (self.device in ("auto", "cpu", "cuda")
                                                     or self.device.removeprefix("cuda:").isdigit()):

@@ -41,5 +41,8 @@ class Timings:
 
 
 def _synchronize(device: torch.device | None) -> None:
+    # The current stream only: every stage runs there (our kernels, CUDA graphs and TensorRT
+    # included), and a device-wide sync would also wait for weight copies on the residency's side
+    # stream that are meant to overlap the stage.
     if device is not None and device.type == "cuda":
-        torch.cuda.synchronize(device)
+        torch.cuda.current_stream(device).synchronize()
