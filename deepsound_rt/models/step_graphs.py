@@ -41,7 +41,8 @@ class SeparatorCoreGraph(nn.Module):
 
     signature = GraphSignature(
         ("mix_spectrum",), ("stem_spectrum",),
-        {"mix_spectrum": {0: "chunks", 3: "frames"}, "stem_spectrum": {0: "chunks", 4: "frames"}})
+        {"mix_spectrum": {0: "chunks", 3: "frames"}, "stem_spectrum": {0: "chunks", 4: "frames"}},
+        fp32_inputs=frozenset({"mix_spectrum"}))  # the mask multiplies the spectrum in float32
 
     def __init__(self, separator: BSRoformer):
         super().__init__()
