@@ -40,6 +40,15 @@ def _add_generation_args(parser: argparse.ArgumentParser, default_preset: str, d
     parser.add_argument("--export", type=Path, help="a `deepsound-rt export` directory (onnxruntime/tensorrt)")
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="replay the velocity step, VAE and vocoder as CUDA graphs (CUDA only)")
+    speed = parser.add_argument_group("speed levers (off by default; results equal, fp8 approximates)")
+    speed.add_argument("--static-decode", action="store_true",
+                       help="MLLM decoding with a static KV cache, greedy on the device (a CUDA graph per token on a GPU)")
+    speed.add_argument("--compile", action="store_const", const="inductor", default=None,
+                       help="torch.compile (inductor) the velocity step and the separator core, once per duration")
+    speed.add_argument("--fp8", action="store_true", help="FP8 matmuls in the flow network (Hopper GPUs; ~5%% error)")
+    speed.add_argument("--overlap", action="store_true",
+                       help="plan beside step 1, video decoding beside CLIP, the judge's encoders ahead of it")
+    speed.add_argument("--sdpa-encoders", action="store_true", help="BEATs attention through SDPA")
     steps = parser.add_argument_group("DeepSound steps")
     steps.add_argument("--mode", default="s4", choices=["s4", "s3", "gen"],
                        help="s4: all steps (default); s3: stop after voice-over removal; gen: step 1 only")
@@ -107,7 +116,8 @@ def _engine_from_args(args: argparse.Namespace):
                           random_weights=args.random_weights, mllm=args.mllm, judge_mllm=args.judge_mllm,
                           siglip=args.siglip,
                           separator=args.separator, vad_min_speech_share=args.vad_share, backend=args.backend,
-                          export=args.export, cuda_graphs=args.cuda_graphs)
+                          export=args.export, cuda_graphs=args.cuda_graphs, static_decode=args.static_decode,
+                          compile=args.compile, fp8=args.fp8, overlap=args.overlap, sdpa_encoders=args.sdpa_encoders)
     return Engine(config)
 
 

@@ -16,9 +16,12 @@ from typing import Callable, Iterator, Literal
 import numpy as np
 import torch
 
+from . import overlap
 from .backends import check_export_duration, load_backend_graphs
 from .backends.base import Graph
+from .backends.compiled import COMPILE_BACKENDS, CompiledTorchGraph
 from .backends.cuda_graphs import CudaGraphTorchGraph
+from .backends.fp8 import convert_flow_to_fp8, has_fp8_kernel
 from .backends.torch_backend import TorchBackend
 from .config import DEFAULT_DURATION_S, PRESETS, Preset, resolve_device, resolve_dtype
 from .errors import DeepSoundError
@@ -68,6 +71,12 @@ class EngineConfig:
     cuda_graphs: bool = False  # replay the velocity step, VAE and vocoder as CUDA graphs (CUDA only)
     backend: str = "auto"  # per graph the best installed backend that has it (deepsound_rt.backends)
     export: Path | None = None  # a `deepsound-rt export` directory for the onnxruntime/tensorrt backends
+    # Speed levers (each off by default; `deepsound-rt bench` times them alone and together):
+    static_decode: bool = False  # MLLM decoding: static KV cache, greedy steps on the device, CUDA graph on a GPU
+    compile: str | None = None  # torch.compile backend ("inductor") for the velocity step and the separator core
+    fp8: bool = False  # FP8 matmuls in the flow network's blocks (Hopper; emulated in float32 on a CPU)
+    overlap: bool = False  # plan beside step 1, video decoding beside CLIP, the judge's encoders ahead of it
+    sdpa_encoders: bool = False  # BEATs attention by SDPA (one fused kernel) instead of upstream's softmax
 
 
 @dataclass
@@ -102,10 +111,14 @@ class Engine:
             raise DeepSoundError(f"unknown preset '{config.preset}' (choose from {', '.join(sorted(PRESETS))})")
         if config.steps < 1:
             raise DeepSoundError(f"steps must be at least 1, got {config.steps}")
+        if config.compile is not None and config.compile not in COMPILE_BACKENDS:
+            raise DeepSoundError(f"unknown compile backend '{config.compile}' (use {' or '.join(COMPILE_BACKENDS)})")
         self.config = config
         self.preset: Preset = PRESETS[config.preset]
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
+        if config.fp8 and self.device.type == "cuda" and not has_fp8_kernel(self.device):
+            raise DeepSoundError("fp8 needs an NVIDIA GPU of compute capability 9.0 or newer (Hopper)")
         self.models: GeneratorModels = load_generator_models(self.preset, config.weights, self.device, self.dtype,
                                                              verify_checksums=config.verify_checksums,
                                                              random_weights=config.random_weights)
@@ -126,10 +139,17 @@ class Engine:
             graphs = load_backend_graphs(config.backend, config.export, self.models, self.device, self.dtype,
                                          self.preset.name, manifest.duration_s)
             self.models.release_unused(name for name, graph in graphs.items() if graph.backend == "torch")
+        velocity = graphs["flow_velocity"]
+        if velocity.backend == "torch" and config.fp8:
+            convert_flow_to_fp8(self.models.flow, self.device)
+        if velocity.backend == "torch" and config.compile:
+            graphs["flow_velocity"] = CompiledTorchGraph("flow_velocity", velocity.module, self.device, self.dtype,
+                                                         config.compile)
         if config.cuda_graphs and self.device.type == "cuda":
             for name in CUDA_GRAPH_CANDIDATES:
-                if graphs[name].backend == "torch":
-                    graphs[name] = CudaGraphTorchGraph(name, graphs[name].module, self.device, self.dtype)
+                if graphs[name].backend in ("torch", "torch+compile"):
+                    graphs[name] = CudaGraphTorchGraph(name, graphs[name].module, self.device, self.dtype,
+                                                       graphs[name].backend)
         return graphs
 
     @property
@@ -165,8 +185,17 @@ class Engine:
         else:
             reasoner = MLLMReasoner.from_dirs(self.config.mllm, self.config.siglip, device=self.device,
                                               dtype=self.dtype)
-        return reasoner.use_graphs(load_step_graphs(self.config.backend, self.config.export, reasoner.graph_modules(),
-                                                    self.device, self.dtype, self.preset.name))
+        return self._speed_up_reasoner(reasoner.use_graphs(load_step_graphs(
+            self.config.backend, self.config.export, reasoner.graph_modules(), self.device, self.dtype,
+            self.preset.name)))
+
+    def _speed_up_reasoner(self, reasoner):
+        """The MLLM's speed levers: static-cache decoding, SDPA in BEATs."""
+        if self.config.static_decode:
+            reasoner.use_static_cache()
+        if self.config.sdpa_encoders:
+            reasoner.model.model.audio_tower.use_sdpa()
+        return reasoner
 
     @functools.cached_property
     def judge_reasoner(self):
@@ -176,7 +205,8 @@ class Engine:
         judge_dir = self.config.judge_mllm
         if judge_dir is None or self.preset.random_weights or self.config.random_weights or judge_dir == self.config.mllm:
             return self.reasoner
-        return MLLMReasoner.from_dirs(judge_dir, self.config.siglip, device=self.device, dtype=self.dtype)
+        return self._speed_up_reasoner(MLLMReasoner.from_dirs(judge_dir, self.config.siglip, device=self.device,
+                                                              dtype=self.dtype))
 
     @functools.cached_property
     def detector(self):
@@ -196,9 +226,12 @@ class Engine:
             separator = load_separator(None, self.device, self.dtype, random_seed=DEV_SEED)
         else:
             separator = load_separator(self.separator_path(), self.device, self.dtype)
-        return separator.use_graphs(load_step_graphs(self.config.backend, self.config.export,
-                                                     separator.graph_modules(), self.device, self.dtype,
-                                                     self.preset.name))
+        graphs = load_step_graphs(self.config.backend, self.config.export, separator.graph_modules(), self.device,
+                                  self.dtype, self.preset.name)
+        if self.config.compile and not graphs:
+            graphs = {name: CompiledTorchGraph(name, module, self.device, self.dtype, self.config.compile)
+                      for name, module in separator.graph_modules().items()}
+        return separator.use_graphs(graphs)
 
     def separator_path(self) -> Path:
         from .stages.separate import SEPARATOR_FILE
@@ -210,17 +243,19 @@ class Engine:
                                  "(CLI --separator FILE) or put it in the weights directory")
         return find_weight_file(Path(self.config.weights), SEPARATOR_FILE)
 
-    def judge_voice_over(self, video: Path, audio: np.ndarray, sample_rate: int, judge: str) -> tuple[bool, dict]:
+    def judge_voice_over(self, video: Path, audio: np.ndarray, sample_rate: int, judge: str,
+                         media=None) -> tuple[bool, dict]:
         """Step 2: (voice-over?, details) by the MLLM (``cot``/``qa``) or the speech detector (``vad``);
         ``always`` assumes voice-over, so removal always runs (content known to attract hallucinated
-        speech; demos with random weights, whose judges never answer yes)."""
+        speech; demos with random weights, whose judges never answer yes). ``media``: the MLLM's
+        encoded inputs, made ahead (``overlap``)."""
         if judge == "always":
             return True, {"assumed": True}
         if judge == "vad":
             decision = self.detector.detect(audio, sample_rate)
             return decision.voice_over, {"speech_share": decision.speech_share, "segments": decision.segments}
         answer = self.judge_reasoner.judge_voice_over(video, audio, sample_rate, mode=judge,
-                                                duration_s=len(audio) / sample_rate)
+                                                      duration_s=len(audio) / sample_rate, media=media)
         return answer.voice_over, {"answer": answer.text, "timings": self.judge_reasoner.last_timings}
 
     def remove_voice_over(self, audio: np.ndarray, sample_rate: int) -> tuple[np.ndarray, Timings]:
@@ -255,8 +290,10 @@ class Engine:
 
     def generate(self, video: str | Path, prompt: str = "", negative_prompt: str = "",
                  duration: float | None = None, seed: int = 42,
-                 progress: ProgressSink | None = None) -> GenerationResult:
-        """Generate audio for ``video``: ``duration`` seconds (default 8, cut to the video's length)."""
+                 progress: ProgressSink | None = None,
+                 on_decoded: Callable[[float], None] | None = None) -> GenerationResult:
+        """Generate audio for ``video``: ``duration`` seconds (default 8, cut to the video's length).
+        ``on_decoded`` is called with the clip's length once the video is decoded."""
         report = progress or (lambda event: None)
         timings = Timings()
         graphs = self.graphs
@@ -266,17 +303,26 @@ class Engine:
             report(ProgressEvent(name, 0, 1))
             return timings.measure(name, self.device, graph.backend if graph is not None else "")
 
-        with stage("video decode"):
-            clip = load_video(video, DEFAULT_DURATION_S if duration is None else duration)
-        report(ProgressEvent("video decode", 1, 1))
+        if self.config.overlap:  # CLIP encodes the frames decoded so far while decoding goes on
+            report(ProgressEvent("video decode", 0, 1))
+            clip, clip_f = overlap.decode_while_encoding(video, DEFAULT_DURATION_S if duration is None else duration,
+                                                         graphs["clip_image"], timings, self.device)
+            report(ProgressEvent("video decode", 1, 1))
+        else:
+            with stage("video decode"):
+                clip = load_video(video, DEFAULT_DURATION_S if duration is None else duration)
+            report(ProgressEvent("video decode", 1, 1))
+        if on_decoded is not None:
+            on_decoded(clip.duration_s)
 
         check_export_duration(graphs, self.preset.name, clip.duration_s)  # exports bake in their duration
         latent_len, clip_len, sync_len = sequence_lengths(clip.duration_s, self.preset.sampling_rate,
                                                           self.preset.hop_length)
         self.models.set_sequence_lengths(latent_len, clip_len, sync_len)
 
-        with stage("clip", graphs["clip_image"]):
-            clip_f = features.clip_image_features(graphs["clip_image"], clip.clip_frames[:clip_len])
+        if not self.config.overlap:
+            with stage("clip", graphs["clip_image"]):
+                clip_f = features.clip_image_features(graphs["clip_image"], clip.clip_frames[:clip_len])
         report(ProgressEvent("clip", 1, 1))
         with stage("synchformer", graphs["sync"]):
             sync_f = features.sync_features(graphs["sync"], clip.sync_frames)
@@ -335,13 +381,15 @@ class StepRecord:
 
 @dataclass
 class DeepSoundResult:
-    """The final audio (None when post-processing ``rm`` removed it) and every step's record."""
+    """The final audio (None when post-processing ``rm`` removed it), every step's record (each
+    with its own time) and the wall time of the whole run (less than their sum with ``overlap``)."""
 
     audio: np.ndarray | None
     sample_rate: int
     duration_s: float
     video: Path
     steps: list[StepRecord]
+    wall_seconds: float = 0.0
 
     def step(self, name: str) -> StepRecord | None:
         """The last record of step ``name``."""
@@ -393,9 +441,14 @@ class _StepRunner:
         self.progress = progress
         self.records: list[StepRecord] = []
         self.generated: GenerationResult | None = None
+        self.generate_seconds = 0.0
+        self.lookahead: overlap.StepLookahead | None = None
+        self.run_started = 0.0
 
-    def _finish(self, step: str, started: float, decision: str, audio=None, **details) -> StepEvent:
-        record = StepRecord(step, decision, time.perf_counter() - started, audio, details)
+    def _finish(self, step: str, started: float, decision: str, audio=None, seconds: float | None = None,
+                **details) -> StepEvent:
+        seconds = time.perf_counter() - started if seconds is None else seconds
+        record = StepRecord(step, decision, seconds, audio, details)
         self.records.append(record)
         log.info("%s: %s (%.2f s)", step, decision, record.seconds)
         return StepEvent(step, "finished", record=record)
@@ -403,14 +456,40 @@ class _StepRunner:
     def _done(self, audio: np.ndarray | None) -> StepEvent:
         generated = self.generated
         result = DeepSoundResult(audio=audio, sample_rate=generated.sample_rate, duration_s=generated.duration_s,
-                                 video=self.video, steps=self.records)
+                                 video=self.video, steps=self.records,
+                                 wall_seconds=time.perf_counter() - self.run_started)
         return StepEvent("done", "finished", result=result)
 
-    def _generate(self, negative_prompt: str) -> GenerationResult:
+    def _run_generation(self, negative_prompt: str, on_decoded=None) -> GenerationResult:
         return self.engine.generate(self.video, prompt=self.prompt, negative_prompt=negative_prompt,
-                                    duration=self.duration, seed=self.seed, progress=self.progress)
+                                    duration=self.duration, seed=self.seed, progress=self.progress,
+                                    on_decoded=on_decoded)
+
+    def _generate(self, negative_prompt: str) -> GenerationResult:
+        """Step 1 (its own seconds in ``generate_seconds``); with ``overlap`` the first one has run ahead."""
+        ahead = self.lookahead.take_generation() if self.lookahead is not None else None
+        if ahead is not None:
+            result, self.generate_seconds = ahead
+            return result
+        started = time.perf_counter()
+        result = self._run_generation(negative_prompt)
+        self.generate_seconds = time.perf_counter() - started
+        return result
 
     def __iter__(self) -> Iterator[StepEvent]:
+        self.run_started = time.perf_counter()
+        if self.engine.config.overlap:
+            judge = self.engine.judge_reasoner if self.judge in ("cot", "qa") else None  # loaded here, not there
+            self.lookahead = overlap.StepLookahead(
+                lambda on_decoded: self._run_generation(self.negative_prompt, on_decoded), judge, self.engine.device,
+                self.engine.sample_rate)
+        try:
+            yield from self._steps()
+        finally:
+            if self.lookahead is not None:
+                self.lookahead.close()
+
+    def _steps(self) -> Iterator[StepEvent]:
         engine = self.engine
         yield StepEvent("plan", "started")
         started = time.perf_counter()
@@ -424,6 +503,8 @@ class _StepRunner:
         else:
             steps, how = _default_plan_steps(), "default plan (no MLLM configured)"
         yield self._finish("plan", started, how, steps=dict(steps), **details)
+        if self.lookahead is not None and 2 in steps:
+            self.lookahead.encode_judge_video(self.video)
 
         step1_audio = step3_audio = None
         silence_checked = False
@@ -436,20 +517,25 @@ class _StepRunner:
                 self.generated = self._generate(self.negative_prompt)
                 step1_audio = self.generated.waveform
                 yield self._finish("generate", started, f"{self.generated.duration_s:.2f} s of audio", step1_audio,
-                                   timings=self.generated.timings)
+                                   seconds=self.generate_seconds, timings=self.generated.timings)
             elif step1_audio is None:
                 # A plan that does anything before (or without) generating: generate first.
                 log.warning("plan step %d (%s) comes before any generated audio; generating first", number, action)
                 self.generated = self._generate(self.negative_prompt)
                 step1_audio = self.generated.waveform
-                yield self._finish("generate", started, "generated before the plan's first step", step1_audio)
+                yield self._finish("generate", started, "generated before the plan's first step", step1_audio,
+                                   seconds=self.generate_seconds)
                 started = time.perf_counter()
             if action == "judge":
+                media = self.lookahead.judge_media(step1_audio, self.generated.sample_rate) if self.lookahead else None
+                ahead = 0.0
+                if media is not None:  # its encoders ran ahead: their own time, not the wait for them
+                    started, ahead = time.perf_counter(), media.seconds
                 voice_over, detail = engine.judge_voice_over(self.video, step1_audio, self.generated.sample_rate,
-                                                             self.judge)
+                                                             self.judge, media=media)
                 decision = "voice-over" if voice_over else "no voice-over"
                 yield self._finish("judge", started, decision + (" (assumed: judge=always)" if detail.get("assumed") else ""),
-                                   judge=self.judge, **detail)
+                                   seconds=time.perf_counter() - started + ahead, judge=self.judge, **detail)
                 if not voice_over:
                     yield self._done(step1_audio)
                     return
@@ -475,7 +561,8 @@ class _StepRunner:
             started = time.perf_counter()
             self.generated = self._generate(self.negative_prompt)
             step1_audio = self.generated.waveform
-            yield self._finish("generate", started, "the plan had no generation step", step1_audio)
+            yield self._finish("generate", started, "the plan had no generation step", step1_audio,
+                               seconds=self.generate_seconds)
         if step3_audio is None:
             yield self._done(step1_audio)
             return
