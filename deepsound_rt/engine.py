@@ -229,7 +229,7 @@ class Engine:
         graphs = load_step_graphs(self.config.backend, self.config.export, separator.graph_modules(), self.device,
                                   self.dtype, self.preset.name)
         if self.config.compile and not graphs:
-            graphs = {name: CompiledTorchGraph(name, module, self.device, self.dtype, self.config.compile)
+            graphs = {name: CompiledTorchGraph(name, module, self.device, self.dtype, self.config.compile, per_item=True)
                       for name, module in separator.graph_modules().items()}
         return separator.use_graphs(graphs)
 

@@ -187,6 +187,12 @@ def test_compile_option_traces_the_velocity_step_and_the_separator_core(dev_engi
                           dev_engine.remove_voice_over(audio, plain.sample_rate)[0])
     with pytest.raises(DeepSoundError, match="compile backend"):
         Engine(EngineConfig(preset="dev", compile="tensorrt"))
+    # A batch of chunks runs one chunk at a time through the one compiled graph.
+    chunks = torch.randn(3, 2, 1025, 12, 2, generator=torch.Generator().manual_seed(0))
+    core = engine.separator.core
+    assert core.per_item
+    torch.testing.assert_close(core.run({"mix_spectrum": chunks})["stem_spectrum"],
+                               engine.separator.model.separate_spectrum(chunks), rtol=1e-5, atol=1e-6)
 
 
 def _e4m3_restated(values: np.ndarray) -> np.ndarray:

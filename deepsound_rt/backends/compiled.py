@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .base import Tensors
 from .torch_backend import TorchGraph
 
 COMPILE_BACKENDS = ("inductor", "eager")
@@ -30,10 +31,24 @@ def compile_callable(fn: Callable, backend: str) -> Callable:
 
 
 class CompiledTorchGraph(TorchGraph):
-    """A graph module run through :func:`compile_callable`; inputs as :class:`TorchGraph` takes them."""
+    """A graph module run through :func:`compile_callable`; inputs as :class:`TorchGraph` takes them.
+
+    ``per_item``: a graph of one input and one output whose batch items are independent runs them
+    one at a time, so that one compiled graph serves every batch size (the separator's last batch
+    of chunks is smaller than the others, and compiling it again would cost a minute on a GPU).
+    """
 
     def __init__(self, name: str, module: nn.Module, device: torch.device, dtype: torch.dtype,
-                 compile_backend: str = "inductor"):
+                 compile_backend: str = "inductor", per_item: bool = False):
         super().__init__(name, module, device, dtype)
         self.module = compile_callable(module, compile_backend)
         self.backend = "torch+compile" if compile_backend == "inductor" else f"torch+compile({compile_backend})"
+        self.per_item = per_item
+
+    def run(self, inputs: Tensors) -> dict[str, torch.Tensor]:
+        run = super().run
+        if not self.per_item:
+            return run(inputs)
+        ((name, batch),) = inputs.items()
+        outputs = [run({name: item}) for item in batch.split(1)]
+        return {key: torch.cat([output[key] for output in outputs]) for key in outputs[0]}
