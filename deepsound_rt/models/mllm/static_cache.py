@@ -16,6 +16,7 @@ checkpoint's own Qwen2 modules, written out without transformers' cache and mask
 """
 from __future__ import annotations
 
+import logging
 import math
 import threading
 
@@ -33,6 +34,7 @@ the 7B model (28 layers × 2 × 4 kv heads × 128 × bf16), 235 MB in all."""
 CAPACITY_STEP = 1024
 TOKENS_PER_SYNC = 8
 """Decoding steps between two reads of the tokens: at most this many steps are wasted past a stop."""
+log = logging.getLogger(__name__)
 WARMUP_STEPS = 2
 CAPTURE_LOCK = threading.Lock()
 """One CUDA graph capture at a time in the process."""
@@ -90,6 +92,7 @@ class StaticCacheDecoder:
         self.penalty = 1.0
         self._graph: torch.cuda.CUDAGraph | None = None
         self._graph_penalty: float | None = None
+        self._capture_failed = False
 
     def _allocate(self, capacity: int) -> StaticCache:
         # Zeros, not empty: masked positions get weight 0, and 0 times a NaN left in memory is NaN.
@@ -201,21 +204,29 @@ class StaticCacheDecoder:
     def _capture(self) -> None:
         """Record :meth:`_step` as a CUDA graph. Warm-up steps run first (at the last cache slot,
         which decoding overwrites before it ever attends to it); capture errors are thread-local
-        because other stages may run on other threads and streams meanwhile."""
+        because other stages may run on other threads and streams meanwhile. A step that cannot be
+        captured runs eagerly, with a warning."""
+        self._graph = None
         self.position.fill_(self.cache.capacity - 1)
         self.count.zero_()
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
-        with CAPTURE_LOCK, torch.inference_mode():
-            with torch.cuda.stream(side):
-                for _ in range(WARMUP_STEPS):
+        try:
+            with CAPTURE_LOCK, torch.inference_mode():
+                with torch.cuda.stream(side):
+                    for _ in range(WARMUP_STEPS):
+                        self.position.fill_(self.cache.capacity - 1)
+                        self._step()
                     self.position.fill_(self.cache.capacity - 1)
+                torch.cuda.current_stream(self.device).wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                     self._step()
-                self.position.fill_(self.cache.capacity - 1)
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                self._step()
+        except RuntimeError as exc:
+            log.warning("the decoding step cannot be captured as a CUDA graph (%s); running it eagerly", exc)
+            self._capture_failed = True
+            torch.cuda.current_stream(self.device).synchronize()
+            return
         self._graph, self._graph_penalty = graph, self.penalty
 
     def _run_steps(self, count: int) -> None:
@@ -232,7 +243,8 @@ class StaticCacheDecoder:
         budget = settings.max_new_tokens - len(tokens)
         self._ensure_capacity(cache.length + budget)
         self.penalty = settings.repetition_penalty
-        if self.device.type == "cuda" and (self._graph is None or self._graph_penalty != self.penalty):
+        stale = self._graph is None or self._graph_penalty != self.penalty
+        if self.device.type == "cuda" and stale and not self._capture_failed:
             self._capture()
         cache = self.cache
         self.token.fill_(tokens[-1])
