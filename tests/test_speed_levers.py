@@ -44,7 +44,8 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 
 
 def _plan_prompt(model, tokenizer) -> torch.Tensor:
-    return model.embed(torch.tensor([tokenizer.encode(prompt.render_chat(prompt.PLAN_QUESTION))]))
+    ids = tokenizer.encode(prompt.render_chat(prompt.PLAN_QUESTION))
+    return model.embed(torch.tensor([ids], device=model.device))
 
 
 @pytest.mark.parametrize("penalty", [1.0, 1.3])
@@ -287,15 +288,21 @@ def test_fp8_cuda_kernel_multiplies_what_the_emulation_multiplies() -> None:
 
 
 @cuda
-def test_compiled_velocity_step_in_a_cuda_graph_matches_eager_bf16() -> None:
+def test_compiled_velocity_step_in_a_cuda_graph_stays_within_bf16_of_fp32() -> None:
+    """Eager, compiled and compiled-then-replayed bf16 velocities, each against the float32 one
+    (unguided, so that guidance does not magnify the bf16 noise; on a CPU the dev network measures
+    1.2 % eager and 1.0 % compiled, inductor keeping fused intermediates in float32)."""
     engine = Engine(EngineConfig(preset="dev", steps=2, device="cuda", dtype="bf16"))
-    inputs = _velocity_inputs(engine)
+    inputs = _velocity_inputs(engine) | {"cfg_strength": torch.tensor(1.0)}
+    fp32 = Engine(EngineConfig(preset="dev", steps=2, device="cuda", dtype="fp32"))
+    flow = engine.models.flow
+    fp32.models.set_sequence_lengths(flow.latent_seq_len, flow.clip_seq_len, flow.sync_seq_len)
+    reference = fp32.graphs["flow_velocity"].run(inputs)["velocity"]
     eager = engine.graphs["flow_velocity"]
     compiled = CompiledTorchGraph("flow_velocity", eager.module, engine.device, engine.dtype, "inductor")
     replayed = CudaGraphTorchGraph("flow_velocity", compiled.module, engine.device, engine.dtype, compiled.backend)
-    reference = eager.run(inputs)["velocity"]
-    for graph in (compiled, replayed):
-        assert _relative_rms(graph.run(inputs)["velocity"], reference) < BF16_NETWORK_TOLERANCE
+    for graph in (eager, compiled, replayed):
+        assert _relative_rms(graph.run(inputs)["velocity"], reference) < BF16_NETWORK_TOLERANCE, graph.backend
     assert replayed._captured and all(c is not None for c in replayed._captured.values())
 
 
