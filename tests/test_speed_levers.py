@@ -55,15 +55,15 @@ def test_static_cache_gives_the_greedy_tokens_of_the_dynamic_cache(penalty: floa
     small for the prompt (grown on the way), with stops checked every token or every 5."""
     model, tokenizer = tiny_mllm(seed=2)
     embeds = _plan_prompt(model, tokenizer)
-    static = StaticCacheDecoder(model, capacity=16, tokens_per_sync=tokens_per_sync)
     settings = DecodingSettings(tokenizer.stop_ids, max_new_tokens=23, repetition_penalty=penalty)
     with torch.inference_mode():
         plain = generate(model, embeds, settings)
         for draft in ((), tokenizer.encode(prompt.CANONICAL_PLAN_TEXT)):
+            static = StaticCacheDecoder(model, capacity=16, tokens_per_sync=tokens_per_sync)
             fast = generate(static, embeds, settings, draft=draft)
             assert fast.tokens == plain.tokens and len(fast.tokens) == 23
             assert fast.decode_steps == plain.decode_steps == 22 and fast.stop_reason == "max_new_tokens"
-    assert static.cache.capacity >= embeds.shape[1] + 23
+            assert static.cache.capacity >= embeds.shape[1] + 23 and static.cache.length == embeds.shape[1] + 22
 
 
 def test_static_cache_stops_where_greedy_stops() -> None:

@@ -80,7 +80,7 @@ class StaticCacheDecoder:
         self.rotary_emb = language_model.rotary_emb
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        self.cache = self._allocate(capacity)
+        self.cache = StaticCache(*self._allocate(capacity))
         vocab = model.lm_head.out_features
         # The step's state, on the device: its input token, position, the tokens generated so far
         # (for the repetition penalty), and where it writes its output token.
@@ -94,24 +94,26 @@ class StaticCacheDecoder:
         self._graph_penalty: float | None = None
         self._capture_failed = False
 
-    def _allocate(self, capacity: int) -> StaticCache:
-        # Zeros, not empty: masked positions get weight 0, and 0 times a NaN left in memory is NaN.
+    def _allocate(self, capacity: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Key and value buffers per layer. Zeros, not empty: masked positions get weight 0, and 0
+        times a NaN left in memory is NaN."""
         shape = (1, self.num_kv_heads, capacity, self.head_dim)
         dtype = self.model.dtype
-        return StaticCache([torch.zeros(shape, dtype=dtype, device=self.device) for _ in self.layers],
-                           [torch.zeros(shape, dtype=dtype, device=self.device) for _ in self.layers])
+        return ([torch.zeros(shape, dtype=dtype, device=self.device) for _ in self.layers],
+                [torch.zeros(shape, dtype=dtype, device=self.device) for _ in self.layers])
 
     def _ensure_capacity(self, needed: int) -> None:
-        """Grow the buffers (content kept) when ``needed`` positions do not fit; a captured step
-        refers to the old buffers, so it is captured again."""
-        if needed <= self.cache.capacity:
+        """Grow the buffers in place (content kept; the cache object stays the one decoding holds)
+        when ``needed`` positions do not fit; a captured step refers to the old buffers, so it is
+        captured again."""
+        cache = self.cache
+        if needed <= cache.capacity:
             return
-        old = self.cache
-        self.cache = self._allocate(CAPACITY_STEP * math.ceil(needed / CAPACITY_STEP))
-        for new, stored in zip([*self.cache.keys, *self.cache.values], [*old.keys, *old.values]):
-            new[:, :, : old.length] = stored[:, :, : old.length]
-        self.cache.length = old.length
-        self.history = torch.zeros(self.cache.capacity, dtype=torch.long, device=self.device)
+        keys, values = self._allocate(CAPACITY_STEP * math.ceil(needed / CAPACITY_STEP))
+        for new, stored in zip([*keys, *values], [*cache.keys, *cache.values]):
+            new[:, :, : cache.length] = stored[:, :, : cache.length]
+        cache.keys, cache.values = keys, values
+        self.history = torch.zeros(cache.capacity, dtype=torch.long, device=self.device)
         self._graph = None
 
     # -- the LanguageModel interface ---------------------------------------------------------
@@ -129,7 +131,6 @@ class StaticCacheDecoder:
         float32 (num_logits, vocab) logits of the last positions."""
         start, new = cache.length, inputs_embeds.shape[1]
         self._ensure_capacity(start + new)
-        cache = self.cache
         positions = torch.arange(start, start + new, device=self.device)
         cos, sin = self.rotary_emb(inputs_embeds, positions.unsqueeze(0))
         keys_visible = None
@@ -246,7 +247,6 @@ class StaticCacheDecoder:
         stale = self._graph is None or self._graph_penalty != self.penalty
         if self.device.type == "cuda" and stale and not self._capture_failed:
             self._capture()
-        cache = self.cache
         self.token.fill_(tokens[-1])
         self.position.fill_(cache.length)
         self.count.zero_()
