@@ -250,6 +250,8 @@ def measure(variant: Variant, args: argparse.Namespace, video: Path, baseline_au
     if device.type == "cuda":
         result["cuda_max_allocated_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     del engine
+    if variant.compile:
+        torch._dynamo.reset()  # its compiled graphs hold this variant's weights (inductor's disk cache stays)
     return result
 
 
