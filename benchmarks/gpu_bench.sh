@@ -22,7 +22,7 @@ OUT="${OUT:-out/gpu}"
 mkdir -p "$OUT"
 STATUS=0
 started=$(date +%s)
-deadline=$(( started + 470 ))  # steps are cut short so that the whole run stays under 8 minutes
+deadline=$(( started + 475 ))  # steps are cut short so that the whole run stays under 8 minutes
 step() { echo; echo "=== [$(( $(date +%s) - started )) s] $* ==="; }
 # seconds a step may take: its own cap, or what is left before the deadline (at least 10)
 cap() { local left=$(( deadline - $(date +%s) )); [ "$left" -lt 10 ] && left=10; echo $(( left < $1 ? left : $1 )); }
@@ -51,7 +51,7 @@ timeout "$(cap 100)" "$PYTHON" -m pytest -q -rs tests/test_speed_levers.py -k cu
 tail -6 "$OUT/pytest_levers.log"
 
 step "pipeline benchmark: baseline, each lever, all levers (large_44k_v2, 7B MLLM, BS-RoFormer; random weights; 10 s clip)"
-timeout "$(cap 330)" "$PYTHON" -m deepsound_rt.cli bench --preset large_44k_v2 --random-weights --duration 10 \
+timeout "$(cap 340)" "$PYTHON" -m deepsound_rt.cli bench --preset large_44k_v2 --random-weights --duration 10 \
   --warmup 1 --runs 2 --profile --out "$OUT" 2>"$OUT/bench.log" || { STATUS=1; tail -20 "$OUT/bench.log"; }
 # ---- end of issue 17 ---------------------------------------------------------------------------
 
