@@ -175,7 +175,7 @@ class StepLookahead:
         if until != len(audio) / sample_rate:
             return None
         audio_tokens, audio_timings, audio_seconds = audio_part
-        return JudgeMedia(until, video_tokens, audio_tokens, Timings(video_timings.stages + audio_timings.stages),
+        return JudgeMedia(video_tokens, audio_tokens, Timings(video_timings.stages + audio_timings.stages),
                           video_seconds + audio_seconds)
 
     def close(self) -> None:

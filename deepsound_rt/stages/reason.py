@@ -82,10 +82,9 @@ def to_16k_mono(audio: np.ndarray, sample_rate: int) -> torch.Tensor:
 @dataclass
 class JudgeMedia:
     """Step 2's encoded inputs, made ahead of its decoding (the overlapped step runner encodes the
-    frames while step 1 still runs, the audio as soon as it exists): video tokens of the frames up
-    to ``duration_s``, audio tokens, and the encoders' timings and own seconds."""
+    frames while step 1 still runs, the audio as soon as it exists): video tokens, audio tokens,
+    and the encoders' timings and own seconds."""
 
-    duration_s: float
     video_tokens: torch.Tensor
     audio_tokens: torch.Tensor
     timings: Timings
@@ -238,7 +237,7 @@ class MLLMReasoner:
         timings, started = Timings(), time.perf_counter()
         video_tokens = self.judge_video_tokens(video_path, duration_s, timings)
         audio_tokens = self.judge_audio_tokens(audio, sample_rate, timings)
-        return JudgeMedia(duration_s, video_tokens, audio_tokens, timings, time.perf_counter() - started)
+        return JudgeMedia(video_tokens, audio_tokens, timings, time.perf_counter() - started)
 
     @torch.inference_mode()
     def judge_voice_over(
