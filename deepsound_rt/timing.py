@@ -41,8 +41,8 @@ class Timings:
 
 
 def _synchronize(device: torch.device | None) -> None:
-    # The current stream only: every stage runs there (our kernels, CUDA graphs and TensorRT
-    # included), and a device-wide sync would also wait for weight copies on the residency's side
-    # stream that are meant to overlap the stage.
+    """Wait for the work queued on the calling thread's stream: with ``overlap`` other threads run
+    other steps on their own streams, and the memory tiers copy weights on a side stream meant to
+    overlap the stage; neither counts here nor should be waited for."""
     if device is not None and device.type == "cuda":
         torch.cuda.current_stream(device).synchronize()
