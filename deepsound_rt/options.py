@@ -14,6 +14,7 @@ from typing import Any
 
 from .backends import AUTO, BACKENDS
 from .config import DTYPE_NAMES, PRESETS
+from .models.mmaudio.network import TRAINING_DURATION_S
 from .errors import DeepSoundError
 from .weights_dir import WeightsSource
 
@@ -29,6 +30,13 @@ DTYPES = ("auto", *DTYPE_NAMES)
 BACKEND_CHOICES = (AUTO, *BACKENDS)
 WEIGHTS_SOURCES = ("auto", *(source.value for source in WeightsSource))
 MAX_SEED = 2**63
+SEAMS = ("crossfade", "inpaint")
+"""How the windows of a video longer than the training length join: an equal-power crossfade of
+independent windows, or each window's overlap held to the previous window's latents while it is
+sampled (sequential). The rule: ``deepsound_rt.stages.windows``."""
+MAX_OVERLAP_S = TRAINING_DURATION_S / 2
+"""Windows overlap by at most half their length, so no moment lies in three windows."""
+MAX_WINDOW_BATCH = 64
 
 
 def _choice(what: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -91,6 +99,7 @@ class EngineConfig:
     backend: str = AUTO  # per graph the best installed backend that has it (deepsound_rt.backends)
     export: Path | None = None  # a `deepsound-rt export` directory for the onnxruntime/tensorrt backends
     kernels: str = field(default_factory=default_kernels)  # see KERNEL_SETTINGS
+    window_batch: int | str = "auto"  # windows of a long video per velocity call; auto: by free memory
 
     def __post_init__(self) -> None:
         _choice("preset", self.preset, tuple(sorted(PRESETS)))
@@ -107,6 +116,10 @@ class EngineConfig:
         object.__setattr__(self, "vad_min_speech_share", _number("vad_min_speech_share", self.vad_min_speech_share, 0, 1))
         object.__setattr__(self, "silence_threshold_db", _number("silence_threshold_db", self.silence_threshold_db))
         object.__setattr__(self, "silence_max_share", _number("silence_max_share", self.silence_max_share, 0, 1))
+        if self.window_batch != "auto" and (isinstance(self.window_batch, bool) or not isinstance(self.window_batch, int)
+                                            or not 1 <= self.window_batch <= MAX_WINDOW_BATCH):
+            raise DeepSoundError(f"window_batch must be auto or an integer in [1, {MAX_WINDOW_BATCH}], "
+                                 f"got {self.window_batch!r}")
         for name in ("verify_checksums", "cuda_graphs"):
             if not isinstance(getattr(self, name), bool):
                 raise DeepSoundError(f"{name} must be True or False, got {getattr(self, name)!r}")
@@ -117,7 +130,9 @@ class EngineConfig:
 @dataclass(frozen=True)
 class RunOptions:
     """How one clip runs: the DeepSound branches (``mode``, ``postprocess``, ``judge``) and the
-    generation inputs. ``duration`` None = 8 s (cut to the video's length)."""
+    generation inputs. ``duration`` None = the whole video (a number caps it); audio longer than
+    the training length (8 s) is made in windows that overlap by ``overlap`` seconds and join by
+    ``seam``."""
 
     mode: str = "s4"
     postprocess: str = "rep"
@@ -126,6 +141,8 @@ class RunOptions:
     negative_prompt: str = ""
     duration: float | None = None
     seed: int = 42
+    overlap: float = 2.0
+    seam: str = "crossfade"
 
     def __post_init__(self) -> None:
         _choice("mode", self.mode, MODES)
@@ -140,6 +157,8 @@ class RunOptions:
                 raise DeepSoundError(f"duration must be a finite number > 0 (or None), got {self.duration!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < MAX_SEED:
             raise DeepSoundError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
+        object.__setattr__(self, "overlap", _number("overlap", self.overlap, 0, MAX_OVERLAP_S))
+        _choice("seam", self.seam, SEAMS)
 
 
 def with_overrides(base, overrides: dict[str, Any]):

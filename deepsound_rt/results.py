@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .io.output import write_output
+from .stages.windows import WindowPlan
 from .timing import Timings
 
 
@@ -24,6 +25,8 @@ class GenerationResult:
     seed: int
     device: str
     dtype: str
+    windows: WindowPlan | None = None
+    """Where each window of the audio lies and how they were joined."""
 
     def save(self, path: str | Path) -> Path:
         """Write ``.mp4``/``.mov``/``.mkv`` (video stream copied, audio as AAC) or ``.wav``."""
@@ -55,6 +58,12 @@ class DeepSoundResult:
     def step(self, name: str) -> StepRecord | None:
         """The last record of step ``name``."""
         return next((r for r in reversed(self.steps) if r.step == name), None)
+
+    @property
+    def windows(self) -> WindowPlan | None:
+        """The step-1 audio's windows (see :attr:`GenerationResult.windows`)."""
+        generate = self.step("generate")
+        return None if generate is None else generate.details.get("windows")
 
     def save(self, path: str | Path) -> Path:
         """``.mp4``/``.mov``/``.mkv`` (video copied, audio as AAC; no audio track when it was
