@@ -41,6 +41,8 @@ def _add_engine_args(parser: argparse.ArgumentParser, default_preset: str) -> No
     parser.add_argument("--export", type=Path, help="a `deepsound-rt export` directory (onnxruntime/tensorrt)")
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="replay the velocity step, VAE and vocoder as CUDA graphs (CUDA only)")
+    parser.add_argument("--window-batch", type=_window_batch, default=engine("window_batch"),
+                        help="windows of a long video per velocity call; auto = by free memory (default: %(default)s)")
     parser.add_argument("--kernels", default=engine("kernels"), choices=KERNEL_SETTINGS,
                         help="our fused kernels: auto = where built for the device, on = required, off = torch ops "
                              "(default: %(default)s, from $DEEPSOUND_RT_KERNELS when set)")
@@ -56,13 +58,19 @@ def _add_engine_args(parser: argparse.ArgumentParser, default_preset: str) -> No
 
 def _add_generation_args(parser: argparse.ArgumentParser, default_preset: str, default_judge: str | None = None) -> None:
     """The engine's options and a run's (RunOptions); choices and defaults are theirs."""
-    from .options import JUDGES, MODES, POSTPROCESSES, RunOptions, default_of
+    from .options import JUDGES, MODES, POSTPROCESSES, SEAMS, RunOptions, default_of
 
     _add_engine_args(parser, default_preset)
     run = functools.partial(default_of, RunOptions)
     parser.add_argument("--seed", type=int, default=run("seed"), help="noise seed (default: %(default)s)")
     parser.add_argument("--duration", type=float, default=run("duration"),
-                        help="seconds of audio (default: 8, shortened to the video's length)")
+                        help="seconds of audio from the video's start (default: the whole video; longer than "
+                             "8 s is made in overlapping 8 s windows)")
+    parser.add_argument("--overlap", type=float, default=run("overlap"),
+                        help="seconds the windows of a long video overlap (default: %(default)s)")
+    parser.add_argument("--seam", default=run("seam"), choices=SEAMS,
+                        help="how windows join: crossfade = equal-power crossfade of independent windows, "
+                             "inpaint = each window's overlap held to the previous one's latents (default: %(default)s)")
     parser.add_argument("--prompt", default=run("prompt"), help="text prompt")
     parser.add_argument("--negative-prompt", default=run("negative_prompt"), help="negative text prompt")
     steps = parser.add_argument_group("DeepSound steps")
@@ -149,6 +157,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _window_batch(text: str) -> int | str:
+    """``auto`` or a count (EngineConfig checks its range)."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"auto or an integer, not {text!r}") from None
+
+
 def _weights_source(args: argparse.Namespace) -> str:
     return "full-random" if args.random_weights else "auto"
 
@@ -161,7 +179,8 @@ def _engine_config_from_args(args: argparse.Namespace):
                         device=args.device, dtype=args.dtype, num_steps=args.num_steps, cfg_strength=args.cfg,
                         verify_checksums=not args.no_checksum, mllm=args.mllm, judge_mllm=args.judge_mllm,
                         siglip=args.siglip, separator=args.separator, vad_min_speech_share=args.vad_share,
-                        backend=args.backend, export=args.export, cuda_graphs=args.cuda_graphs, kernels=args.kernels)
+                        backend=args.backend, export=args.export, cuda_graphs=args.cuda_graphs, kernels=args.kernels,
+                        window_batch=args.window_batch)
 
 
 def _engine_from_args(args: argparse.Namespace):
@@ -177,7 +196,8 @@ def _generate(args: argparse.Namespace, video: Path) -> int:
     from .options import RunOptions
 
     options = RunOptions(mode=args.mode, postprocess=args.postprocess, judge=args.judge, prompt=args.prompt,
-                         negative_prompt=args.negative_prompt, duration=args.duration, seed=args.seed)
+                         negative_prompt=args.negative_prompt, duration=args.duration, seed=args.seed,
+                         overlap=args.overlap, seam=args.seam)
     probe_video(video)  # fail on a bad input or output path before loading any weights
     check_output_path(args.output, video)
     engine = _engine_from_args(args)

@@ -7,6 +7,7 @@ and know nothing of which backend runs them.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import time
@@ -34,7 +35,7 @@ from .options import EngineConfig, RunOptions, with_overrides
 from .pipeline import StepRunner
 from .results import DeepSoundResult, GenerationResult
 from .stages import decode, features, generate
-from .stages.windows import AudioJoin, plan_windows
+from .stages.windows import AudioJoin, Window, WindowPlan, plan_windows
 from .stages.silence import check_silence
 from .timing import Timings
 from .weights_dir import DEV_SEED, WeightsSource, find_weight_file
@@ -263,17 +264,39 @@ class Engine:
         per_window = flow_window_bytes(self.preset.flow, latent_len, clip_len, self.dtype)
         return max(1, min(AUTO_WINDOW_BATCH[self.device.type], int(free_memory(self.device) / 2 // per_window)))
 
-    def _sample_windows(self, plan, clip_f: torch.Tensor, sync_f: torch.Tensor, text_f: torch.Tensor, seed: int,
-                        stage, report: ProgressSink) -> np.ndarray:
-        """Each window's conditions, noise, Euler sampling (in batches; one at a time when each
-        follows the previous), VAE and vocoder, joined as the plan says."""
+    def _sample_windows(self, plan: WindowPlan, clip_f: torch.Tensor, sync_f: torch.Tensor, text_f: torch.Tensor,
+                        seed: int, stage, report: ProgressSink) -> np.ndarray:
+        """Each window's latents (:meth:`window_latents`), then its VAE and vocoder, joined as the plan says."""
         graphs = self.graphs
-        latent_len, clip_len, sync_len = plan.lengths
-        batch = 1 if plan.seam == "inpaint" else self.window_batch()
-        groups = [plan.windows[first : first + batch] for first in range(0, len(plan.windows), batch)]
-        steps = self.config.num_steps
         count = len(plan.windows)
         joined = AudioJoin(plan)
+        batch = self.window_batch()
+        for window, latents in self.window_latents(plan, clip_f, sync_f, text_f, seed, batch, stage, report):
+            with stage("vae", graphs["vae_decode"]):
+                mel = decode.decode_latents(graphs["vae_decode"], latents)
+            report(ProgressEvent("vae", window.index + 1, count))
+            with stage("vocoder", graphs["vocoder"]):
+                waveform = decode.vocode(graphs["vocoder"], mel)
+            report(ProgressEvent("vocoder", window.index + 1, count))
+            if not torch.isfinite(waveform).all():
+                raise DeepSoundError(f"the generated audio contains NaN/Inf (dtype {self.dtype}); "
+                                     "fp16 can overflow: try --dtype bf16 or fp32")
+            joined.add(window, waveform.numpy())
+        return joined.result()
+
+    def window_latents(self, plan: WindowPlan, clip_f: torch.Tensor, sync_f: torch.Tensor, text_f: torch.Tensor,
+                       seed: int, batch: int, stage=None, report: ProgressSink | None = None
+                       ) -> Iterator[tuple[Window, torch.Tensor]]:
+        """(window, its (1, N, C) latents) in order: each window's conditions sliced from the whole
+        video's features, its own seeded noise, ``batch`` windows per velocity call (one at a time
+        when each follows the previous: ``inpaint``)."""
+        graphs = self.graphs
+        stage = stage or (lambda name, graph=None: contextlib.nullcontext())
+        report = report or (lambda event: None)
+        latent_len, clip_len, sync_len = plan.lengths
+        batch = 1 if plan.seam == "inpaint" else batch
+        groups = [plan.windows[first : first + batch] for first in range(0, len(plan.windows), batch)]
+        steps = self.config.num_steps
         previous: torch.Tensor | None = None  # the last window's latents, for the next one's held part
         report(ProgressEvent("sampling", 0, steps * len(groups)))
         for number, group in enumerate(groups):
@@ -289,18 +312,7 @@ class Engine:
                     graphs["flow_velocity"], conditions, x0, steps, self.config.cfg_strength, held=held,
                     progress=lambda done, _: report(ProgressEvent("sampling", number * steps + done, steps * len(groups))))
             previous = latents[-1:]
-            for window, window_latents in zip(group, latents.split(1)):
-                with stage("vae", graphs["vae_decode"]):
-                    mel = decode.decode_latents(graphs["vae_decode"], window_latents)
-                report(ProgressEvent("vae", window.index + 1, count))
-                with stage("vocoder", graphs["vocoder"]):
-                    waveform = decode.vocode(graphs["vocoder"], mel)
-                report(ProgressEvent("vocoder", window.index + 1, count))
-                if not torch.isfinite(waveform).all():
-                    raise DeepSoundError(f"the generated audio contains NaN/Inf (dtype {self.dtype}); "
-                                         "fp16 can overflow: try --dtype bf16 or fp32")
-                joined.add(window, waveform.numpy())
-        return joined.result()
+            yield from zip(group, latents.split(1))
 
 
 AUTO_WINDOW_BATCH = {"cuda": 16, "cpu": 4}
