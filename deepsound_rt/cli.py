@@ -13,6 +13,8 @@ from pathlib import Path
 from .errors import DeepSoundError
 
 EXIT_USAGE = 2
+EXIT_SOME_FAILED = 1
+BATCH_LOG_NAME = "deepsound-rt-log.jsonl"
 
 
 def _add_engine_args(parser: argparse.ArgumentParser, default_preset: str) -> None:
@@ -113,13 +115,22 @@ def _add_serve_args(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from .config import DEFAULT_DURATION_S, PRESETS
     from .export.exporter import EXPORT_DTYPES
+    from .io.output import AUDIO_SUFFIXES, VIDEO_SUFFIXES
 
     parser = argparse.ArgumentParser(prog="deepsound-rt", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="generate audio for a video")
-    run.add_argument("video", type=Path)
-    run.add_argument("-o", "--output", type=Path, required=True, help="output .mp4 (video + audio) or .wav")
+    run = sub.add_parser("run", help="generate audio for a video, or for many (files, folders, CSV/JSONL lists)")
+    run.add_argument("inputs", type=Path, nargs="+", metavar="VIDEO",
+                     help="a video; or several, folders of videos, or .csv/.jsonl lists (a 'video' column, "
+                          "optional 'output' and per-row options such as prompt, seed, duration)")
+    run.add_argument("-o", "--output", type=Path, required=True,
+                     help="output .mp4 (video + audio) or .wav for one video; an output folder for a batch")
+    batch = run.add_argument_group("batches")
+    batch.add_argument("--suffix", default=".mp4", choices=VIDEO_SUFFIXES + AUDIO_SUFFIXES,
+                       help="output type of a batch's files (default: %(default)s)")
+    batch.add_argument("--overwrite", action="store_true", help="redo videos whose output already exists")
+    batch.add_argument("--log", type=Path, help=f"JSONL log of results (default: OUTPUT/{BATCH_LOG_NAME})")
     _add_generation_args(run, default_preset="large_44k_v2")
 
     demo = sub.add_parser("demo", help="run the bundled sample clip through the dev preset")
@@ -189,15 +200,20 @@ def _engine_from_args(args: argparse.Namespace):
     return Engine(_engine_config_from_args(args))
 
 
+def _run_options_from_args(args: argparse.Namespace):
+    from .options import RunOptions
+
+    return RunOptions(mode=args.mode, postprocess=args.postprocess, judge=args.judge, prompt=args.prompt,
+                      negative_prompt=args.negative_prompt, duration=args.duration, seed=args.seed,
+                      overlap=args.overlap, seam=args.seam)
+
+
 def _generate(args: argparse.Namespace, video: Path) -> int:
     from .console import ConsoleProgress, print_steps, print_timings
     from .io.output import check_output_path
     from .io.video import probe_video
-    from .options import RunOptions
 
-    options = RunOptions(mode=args.mode, postprocess=args.postprocess, judge=args.judge, prompt=args.prompt,
-                         negative_prompt=args.negative_prompt, duration=args.duration, seed=args.seed,
-                         overlap=args.overlap, seam=args.seam)
+    options = _run_options_from_args(args)
     probe_video(video)  # fail on a bad input or output path before loading any weights
     check_output_path(args.output, video)
     engine = _engine_from_args(args)
@@ -224,7 +240,41 @@ def _generate(args: argparse.Namespace, video: Path) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    return _generate(args, args.video)
+    from .io.batch import LIST_SUFFIXES
+
+    only = args.inputs[0]
+    single = (len(args.inputs) == 1 and not only.is_dir() and only.suffix.lower() not in LIST_SUFFIXES
+              and not args.output.is_dir() and args.output.suffix != "")
+    return _generate(args, only) if single else _run_batch(args)
+
+
+def _run_batch(args: argparse.Namespace) -> int:
+    """Every video of the inputs on one Engine, into the output folder; exit 1 when any failed."""
+    from .console import ConsoleProgress, print_batch_summary
+    from .errors import InputError, OutputError
+    from .io.batch import expand_inputs
+
+    folder = args.output
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{folder}: a batch writes into a folder; this is a file")
+    if not folder.parent.is_dir():
+        raise OutputError(f"{folder}: its parent folder {folder.parent} does not exist")
+    options = _run_options_from_args(args)
+    items = expand_inputs(args.inputs)  # an unreadable list fails now, before any weights load
+    if not items:
+        raise InputError(f"no videos in {', '.join(map(str, args.inputs))}")
+    folder.mkdir(exist_ok=True)
+    engine = _engine_from_args(args)
+    outcomes = []
+    with ConsoleProgress() as progress:
+        progress.files(0, len(items))
+        for outcome in engine.run_many(items, options, output_dir=folder, suffix=args.suffix,
+                                       overwrite=args.overwrite, log=args.log or folder / BATCH_LOG_NAME,
+                                       progress=progress, on_step=progress.step):
+            outcomes.append(outcome)
+            progress.file_done(outcome, len(outcomes), len(items))
+    print_batch_summary(outcomes)
+    return EXIT_SOME_FAILED if any(outcome.status == "failed" for outcome in outcomes) else 0
 
 
 def _demo(args: argparse.Namespace) -> int:

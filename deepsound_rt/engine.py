@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import math
 import time
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -25,20 +26,24 @@ from .backends.cuda_graphs import CudaGraphTorchGraph
 from .config import PRESETS, Preset, resolve_device, resolve_dtype
 from .errors import DeepSoundError
 from .events import ProgressEvent, ProgressSink, StepEvent
+from .io.batch import BatchItem, ResultLog, expand_inputs
+from .io.output import check_output_path
 from .io.video import SYNC_FPS, FrameStream, probe_video
 from .models.graphs import generator_graph_modules, release_unused
 from .models.loading import GeneratorModels, load_generator_models
 from .models.mmaudio.network import TRAINING_DURATION_S, sequence_lengths
 from .models.mmaudio.sampler import initial_noise, window_seed
 from .models.spec import graph_spec
-from .options import EngineConfig, RunOptions, with_overrides
+from .options import EngineConfig, RunOptions, with_overrides, with_row
 from .pipeline import StepRunner
-from .results import DeepSoundResult, GenerationResult
+from .results import BatchResult, DeepSoundResult, GenerationResult
 from .stages import decode, features, generate
 from .stages.windows import AudioJoin, Window, WindowPlan, plan_windows
 from .stages.silence import check_silence
 from .timing import Timings
 from .weights_dir import DEV_SEED, WeightsSource, find_weight_file
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["Engine", "EngineConfig", "RunOptions", "GenerationResult", "DeepSoundResult"]
 
@@ -189,6 +194,66 @@ class Engine:
             if event.result is not None:
                 return event.result
         raise AssertionError("the step runner ended without a result")
+
+    def run_many(self, inputs: Iterable, options: RunOptions | None = None, *, output_dir: str | Path | None = None,
+                 suffix: str = ".mp4", overwrite: bool = False, log: str | Path | None = None,
+                 progress: ProgressSink | None = None, on_step: Callable[[StepEvent], None] | None = None,
+                 **overrides) -> Iterator[BatchResult]:
+        """Many videos on this one Engine, a :class:`BatchResult` yielded as each finishes.
+
+        ``inputs``: video paths, folders (their videos), CSV/JSONL lists whose rows name a
+        ``video`` and optionally its ``output`` and run options (``prompt``, ``seed``, ...; see
+        :mod:`.io.batch`), or ``(video, {options})`` pairs. With ``output_dir``, each result is
+        written there (``<video name><suffix>`` unless its row names one) and a video whose output
+        already exists is skipped unless ``overwrite``. A video that fails fails alone; ``log``
+        gets a JSON line per video as it finishes. Options ``mode="gen"`` runs step 1 alone."""
+        base = _run_options(options, overrides)
+        result_log = None if log is None else ResultLog(Path(log))
+        items = expand_inputs(inputs)
+        outputs_taken: set[Path] = set()
+        for item in items:
+            output = None if output_dir is None else Path(output_dir) / (item.output or item.video.stem + suffix)
+            outcome = self._run_item(item, base, output, outputs_taken, overwrite, progress, on_step)
+            if result_log is not None:
+                result_log.write(outcome.log_entry())
+            yield outcome
+
+    def _run_item(self, item: BatchItem, base: RunOptions, output: Path | None, outputs_taken: set[Path],
+                  overwrite: bool, progress: ProgressSink | None, on_step) -> BatchResult:
+        started = time.perf_counter()
+
+        def failed(error: str) -> BatchResult:
+            return BatchResult(item.video, "failed", time.perf_counter() - started, output, error=error,
+                               source=item.source)
+
+        if item.error is not None:
+            return failed(item.error)
+        if output is not None:
+            if output in outputs_taken:
+                return failed(f"{output}: an earlier video of this batch writes there; give the row an output name")
+            outputs_taken.add(output)
+            if output.exists() and not overwrite:  # written under a temporary name, so complete
+                return BatchResult(item.video, "skipped", 0.0, output, source=item.source)
+        try:
+            options = with_row(base, item.options)
+            if output is not None:
+                check_output_path(output, item.video)
+            if options.mode == "gen":
+                result = self.generate(item.video, options, progress=progress)
+            else:
+                for event in self.steps(item.video, options, progress=progress):
+                    if on_step is not None:
+                        on_step(event)
+                    if event.result is not None:
+                        result = event.result
+            if output is not None:
+                result.save(output)
+        except DeepSoundError as error:
+            return failed(str(error))
+        except Exception as error:  # a bug or a library's surprise on this file: the rest still run
+            logger.exception("%s failed", item.video)
+            return failed(f"{type(error).__name__}: {error}")
+        return BatchResult(item.video, "ok", time.perf_counter() - started, output, result, source=item.source)
 
     def generate(self, video: str | Path, options: RunOptions | None = None, *, progress: ProgressSink | None = None,
                  **overrides) -> GenerationResult:

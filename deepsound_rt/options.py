@@ -175,6 +175,23 @@ def with_overrides(base, overrides: dict[str, Any]):
     return replace(base, **overrides) if overrides else base
 
 
+_ROW_NUMBERS = {"seed": int, "duration": float, "overlap": float}
+
+
+def with_row(base: RunOptions, row: dict[str, Any]) -> RunOptions:
+    """``base`` with a batch list's row of options (CSV strings or JSON values), validated; numbers
+    written as strings are read as numbers."""
+    converted = {}
+    for name, value in row.items():
+        if name in _ROW_NUMBERS and isinstance(value, str):
+            try:
+                value = _ROW_NUMBERS[name](value)
+            except ValueError:
+                raise DeepSoundError(f"{name} must be a number, got {value!r}") from None
+        converted[name] = value
+    return with_overrides(base, converted)
+
+
 def default_of(cls, name: str) -> Any:
     """The default of field ``name`` of a dataclass (what the CLI shows and uses)."""
     spec = next(f for f in fields(cls) if f.name == name)
