@@ -243,8 +243,7 @@ def _run(args: argparse.Namespace) -> int:
     from .io.batch import LIST_SUFFIXES
 
     only = args.inputs[0]
-    single = (len(args.inputs) == 1 and not only.is_dir() and only.suffix.lower() not in LIST_SUFFIXES
-              and not args.output.is_dir() and args.output.suffix != "")
+    single = len(args.inputs) == 1 and not only.is_dir() and only.suffix.lower() not in LIST_SUFFIXES
     return _generate(args, only) if single else _run_batch(args)
 
 
@@ -254,7 +253,12 @@ def _run_batch(args: argparse.Namespace) -> int:
     from .errors import InputError, OutputError
     from .io.batch import expand_inputs
 
+    from .io.output import AUDIO_SUFFIXES, VIDEO_SUFFIXES
+
     folder = args.output
+    if folder.suffix.lower() in AUDIO_SUFFIXES + VIDEO_SUFFIXES and not folder.is_dir():
+        raise OutputError(f"{folder}: several videos (a directory, a list or many files) are written into an "
+                          "output folder, not one file")
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"{folder}: a batch writes into a folder; this is a file")
     if not folder.parent.is_dir():
