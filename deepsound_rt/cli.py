@@ -74,6 +74,9 @@ def _add_generation_args(parser: argparse.ArgumentParser, default_preset: str, d
                         help="how windows join: crossfade = equal-power crossfade of independent windows, "
                              "inpaint = each window's overlap held to the previous one's latents (default: %(default)s)")
     parser.add_argument("--prompt", default=run("prompt"), help="text prompt")
+    parser.add_argument("--plot", action="store_true",
+                        help="also write a picture of each result beside its output (.png): video frames over "
+                             "the waveform and mel spectrogram, with the windows' seams and each step's decision")
     parser.add_argument("--negative-prompt", default=run("negative_prompt"), help="negative text prompt")
     steps = parser.add_argument_group("DeepSound steps")
     steps.add_argument("--mode", default=run("mode"), choices=MODES,
@@ -229,13 +232,18 @@ def _generate(args: argparse.Namespace, video: Path) -> int:
                 if event.result is not None:
                     result = event.result
         path = result.save(args.output)
+        if args.plot:
+            from .io.output import write_bytes
+            from .plot import render_result
+
+            picture = write_bytes(args.output.with_suffix(".png"), render_result(result))
     if options.mode == "gen":
         print_timings(result.timings, result.duration_s, f"{result.device}, {result.dtype}")
         audio = f"{result.duration_s:.2f} s of audio at {result.sample_rate} Hz"
     else:
         print_steps(result, f"{engine.device}, {str(engine.dtype).removeprefix('torch.')}")
         audio = "no audio" if result.audio is None else f"{result.duration_s:.2f} s of audio at {result.sample_rate} Hz"
-    print(f"wrote {path} ({audio})")
+    print(f"wrote {path} ({audio})" + (f" and {picture}" if args.plot else ""))
     return 0
 
 
@@ -273,7 +281,7 @@ def _run_batch(args: argparse.Namespace) -> int:
     with ConsoleProgress() as progress:
         progress.files(0, len(items))
         for outcome in engine.run_many(items, options, output_dir=folder, suffix=args.suffix,
-                                       overwrite=args.overwrite, log=args.log or folder / BATCH_LOG_NAME,
+                                       overwrite=args.overwrite, log=args.log or folder / BATCH_LOG_NAME, plot=args.plot,
                                        progress=progress, on_step=progress.step):
             outcomes.append(outcome)
             progress.file_done(outcome, len(outcomes), len(items))

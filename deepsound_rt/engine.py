@@ -27,7 +27,7 @@ from .config import PRESETS, Preset, resolve_device, resolve_dtype
 from .errors import DeepSoundError
 from .events import ProgressEvent, ProgressSink, StepEvent
 from .io.batch import BatchItem, ResultLog, expand_inputs
-from .io.output import check_output_path
+from .io.output import check_output_path, write_bytes
 from .io.video import SYNC_FPS, FrameStream, probe_video
 from .models.graphs import generator_graph_modules, release_unused
 from .models.loading import GeneratorModels, load_generator_models
@@ -196,7 +196,7 @@ class Engine:
         raise AssertionError("the step runner ended without a result")
 
     def run_many(self, inputs: Iterable, options: RunOptions | None = None, *, output_dir: str | Path | None = None,
-                 suffix: str = ".mp4", overwrite: bool = False, log: str | Path | None = None,
+                 suffix: str = ".mp4", overwrite: bool = False, log: str | Path | None = None, plot: bool = False,
                  progress: ProgressSink | None = None, on_step: Callable[[StepEvent], None] | None = None,
                  **overrides) -> Iterator[BatchResult]:
         """Many videos on this one Engine, a :class:`BatchResult` yielded as each finishes.
@@ -206,20 +206,21 @@ class Engine:
         :mod:`.io.batch`), or ``(video, {options})`` pairs. With ``output_dir``, each result is
         written there (``<video name><suffix>`` unless its row names one) and a video whose output
         already exists is skipped unless ``overwrite``. A video that fails fails alone; ``log``
-        gets a JSON line per video as it finishes. Options ``mode="gen"`` runs step 1 alone."""
+        gets a JSON line per video as it finishes. Options ``mode="gen"`` runs step 1 alone. ``plot``:
+        each output's picture (:func:`~deepsound_rt.plot.render_result`) beside it as ``.png``."""
         base = _run_options(options, overrides)
         result_log = None if log is None else ResultLog(Path(log))
         items = expand_inputs(inputs)
         outputs_taken: set[Path] = set()
         for item in items:
             output = None if output_dir is None else Path(output_dir) / (item.output or item.video.stem + suffix)
-            outcome = self._run_item(item, base, output, outputs_taken, overwrite, progress, on_step)
+            outcome = self._run_item(item, base, output, outputs_taken, overwrite, plot, progress, on_step)
             if result_log is not None:
                 result_log.write(outcome.log_entry())
             yield outcome
 
     def _run_item(self, item: BatchItem, base: RunOptions, output: Path | None, outputs_taken: set[Path],
-                  overwrite: bool, progress: ProgressSink | None, on_step) -> BatchResult:
+                  overwrite: bool, plot: bool, progress: ProgressSink | None, on_step) -> BatchResult:
         started = time.perf_counter()
 
         def failed(error: str) -> BatchResult:
@@ -248,6 +249,10 @@ class Engine:
                         result = event.result
             if output is not None:
                 result.save(output)
+                if plot:
+                    from .plot import render_result
+
+                    write_bytes(output.with_suffix(".png"), render_result(result))
         except DeepSoundError as error:
             return failed(str(error))
         except Exception as error:  # a bug or a library's surprise on this file: the rest still run

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import soundfile
+from PIL import Image
 
 from deepsound_rt.cli import BATCH_LOG_NAME, main
 from deepsound_rt.errors import DeepSoundError, InputError
@@ -55,10 +56,11 @@ def test_a_batch_survives_a_bad_file_and_resumes_after_a_kill(tmp_path, capsys):
     log.write_text(json.dumps({"input": str(tmp_path / "done.mp4"), "status": "ok"}) + "\n")
 
     code = main(["run", str(tmp_path / "list.jsonl"), "-o", str(out), "--preset", "dev", "--num-steps", "1",
-                 "--mode", "gen"])
+                 "--mode", "gen", "--plot"])
     assert code == 1
     assert (out / "done.mp4").read_bytes() == done_bytes
     assert soundfile.info(out / "rain.wav").frames == 44100  # the whole 1 s video
+    assert Image.open(out / "rain.png").size == (1000, 720)
     entries = [json.loads(line) for line in log.read_text().splitlines()]
     assert [entry["status"] for entry in entries] == ["ok", "skipped", "failed", "ok"]
     assert entries[2]["input"].endswith("bad.mp4") and "bad.mp4" in entries[2]["error"]

@@ -3,6 +3,7 @@ length of a long video's audio and mp4, the seam rules restated independently, b
 a one-window video unchanged from the single-window code, and every frame-rate case's length."""
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import replace
 from fractions import Fraction
@@ -11,11 +12,13 @@ import av
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from deepsound_rt.engine import Engine, EngineConfig
 from deepsound_rt.io.sample import make_test_video, read_frame_index
 from deepsound_rt.io.video import CLIP_FPS, SYNC_FPS, FrameStream, load_video
 from deepsound_rt.models.mmaudio.network import sequence_lengths
+from deepsound_rt.plot import render_result, window_markers
 from deepsound_rt.models.mmaudio.sampler import euler_sample, initial_noise
 from deepsound_rt.stages import decode, features, generate
 from deepsound_rt.stages.windows import AudioJoin, plan_windows, seam_weights
@@ -184,6 +187,17 @@ def test_the_engine_joins_its_windows_by_the_crossfade_rule(long_run):
     starts = [w.start_s for w in result.windows.windows]
     expected = joined_restatement(starts, [w[:WINDOW_SAMPLES] for w in waveforms], 40 * RATE, "crossfade")
     np.testing.assert_allclose(result.waveform, expected, rtol=0, atol=2e-6)
+
+
+def test_the_picture_marks_every_seam(long_run):
+    _, result, _, _ = long_run
+    markers = window_markers(result.windows, RATE)
+    windows = result.windows.windows  # each seam: from a window's start to the previous one's end
+    assert [t for m in markers for t in (m.start_s, m.end_s)] == pytest.approx(
+        [t for before, w in zip(windows, windows[1:]) for t in (w.start_s, before.start_s + 8)], abs=1 / RATE)
+    assert markers[0].label == "w1 crossfade"
+    picture = Image.open(io.BytesIO(render_result(result)))
+    assert picture.size == (1000, 720)
 
 
 def _latents(engine, plan, kept_features, batch, seed=11):
