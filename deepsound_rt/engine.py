@@ -22,18 +22,18 @@ import torch
 from . import kernels
 from .backends import GraphLoader, check_export_duration
 from .backends.base import Graph
-from .backends.cuda_graphs import CudaGraphTorchGraph
+from .backends.fp8 import convert_flow_to_fp8, has_fp8_kernel
+from .backends.torch_backend import TorchGraph
 from .config import PRESETS, Preset, resolve_device, resolve_dtype
 from .errors import DeepSoundError
 from .events import ProgressEvent, ProgressSink, StepEvent
 from .io.batch import BatchItem, ResultLog, expand_inputs
 from .io.output import check_output_path, write_bytes
-from .io.video import SYNC_FPS, FrameStream, probe_video
+from .io.video import SYNC_FPS, FrameStream, probe_video, read_ahead
 from .models.graphs import generator_graph_modules, release_unused
 from .models.loading import GeneratorModels, load_generator_models
 from .models.mmaudio.network import TRAINING_DURATION_S, sequence_lengths
 from .models.mmaudio.sampler import initial_noise, window_seed
-from .models.spec import graph_spec
 from .options import EngineConfig, RunOptions, with_overrides, with_row
 from .pipeline import StepRunner
 from .results import BatchResult, DeepSoundResult, GenerationResult
@@ -66,8 +66,10 @@ class Engine:
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
         self.use_kernels = kernels.enabled_for(config.kernels, self.device)
+        if config.fp8 and self.device.type == "cuda" and not has_fp8_kernel(self.device):
+            raise DeepSoundError("fp8 needs an NVIDIA GPU of compute capability 9.0 or newer (Hopper)")
         self.loader = GraphLoader(config.backend, config.export, self.device, self.dtype, self.preset.name,
-                                  self.use_kernels)
+                                  self.use_kernels, compile=config.compile, cuda_graphs=config.cuda_graphs)
         self.models: GeneratorModels = load_generator_models(
             self.preset, config.weights, self.device, self.dtype, config.weights_source,
             verify_checksums=config.verify_checksums, use_kernels=self.use_kernels)
@@ -78,13 +80,14 @@ class Engine:
 
     def _load_graphs(self) -> dict[str, Graph]:
         """Each generator graph on its backend (exported graphs where the export and the backend
-        allow, else PyTorch); the graphs whose specs allow it replayed as CUDA graphs when asked."""
+        allow, else PyTorch, compiled and replayed as CUDA graphs as asked and their specs allow);
+        with ``fp8`` the flow network's blocks in FP8 where PyTorch runs the velocity step (before
+        its first run, which compiles and captures it)."""
         graphs = self.loader.load(generator_graph_modules(self.models))
-        release_unused(self.models, [name for name, graph in graphs.items() if graph.backend == "torch"])
-        if self.config.cuda_graphs and self.device.type == "cuda":
-            for name, graph in graphs.items():
-                if graph_spec(name).cuda_graph and graph.backend == "torch":
-                    graphs[name] = CudaGraphTorchGraph(graph_spec(name), graph.module, self.device, self.dtype)
+        on_torch = [name for name, graph in graphs.items() if isinstance(graph, TorchGraph)]
+        release_unused(self.models, on_torch)
+        if self.config.fp8 and "flow_velocity" in on_torch:
+            convert_flow_to_fp8(self.models.flow, self.device)
         return graphs
 
     @property
@@ -119,7 +122,15 @@ class Engine:
         else:
             reasoner = MLLMReasoner.from_dirs(self.config.mllm, self.config.siglip, device=self.device,
                                               dtype=self.dtype, use_kernels=self.use_kernels)
-        return reasoner.use_graphs(self.loader.load(reasoner.graph_modules(), torch_fallback=False))
+        return self._with_levers(reasoner.use_graphs(self.loader.load(reasoner.graph_modules(), torch_fallback=False)))
+
+    def _with_levers(self, reasoner):
+        """The MLLM's speed levers: static-cache decoding, SDPA in BEATs."""
+        if self.config.static_decode:
+            reasoner.use_static_cache()
+        if self.config.sdpa_encoders:
+            reasoner.model.model.audio_tower.use_sdpa()
+        return reasoner
 
     @functools.cached_property
     def judge_reasoner(self):
@@ -129,8 +140,8 @@ class Engine:
         judge_dir = self.config.judge_mllm
         if judge_dir is None or self.config.weights_source.random or judge_dir == self.config.mllm:
             return self.reasoner
-        return MLLMReasoner.from_dirs(judge_dir, self.config.siglip, device=self.device, dtype=self.dtype,
-                                      use_kernels=self.use_kernels)
+        return self._with_levers(MLLMReasoner.from_dirs(judge_dir, self.config.siglip, device=self.device,
+                                                        dtype=self.dtype, use_kernels=self.use_kernels))
 
     @functools.cached_property
     def detector(self):
@@ -140,7 +151,8 @@ class Engine:
 
     @functools.cached_property
     def separator(self):
-        """BS-RoFormer; its core runs on the export's ``separator_core`` graph where it holds one."""
+        """BS-RoFormer; its core runs on the export's ``separator_core`` graph where it holds one
+        (or compiled, with ``compile``)."""
         from .stages.separate import load_separator
 
         source = self.config.weights_source
@@ -158,17 +170,19 @@ class Engine:
                                  "(CLI --separator FILE) or put it in the weights directory")
         return find_weight_file(self.config.weights, SEPARATOR_FILE)
 
-    def judge_voice_over(self, video: Path, audio: np.ndarray, sample_rate: int, judge: str) -> tuple[bool, dict]:
+    def judge_voice_over(self, video: Path, audio: np.ndarray, sample_rate: int, judge: str,
+                         media=None) -> tuple[bool, dict]:
         """Step 2: (voice-over?, details) by the MLLM (``cot``/``qa``) or the speech detector (``vad``);
         ``always`` assumes voice-over, so removal always runs (content known to attract hallucinated
-        speech; demos with random weights, whose judges never answer yes)."""
+        speech; demos with random weights, whose judges never answer yes). ``media``: the MLLM's
+        encoded inputs, made ahead (``overlap``)."""
         if judge == "always":
             return True, {"assumed": True}
         if judge == "vad":
             decision = self.detector.detect(audio, sample_rate)
             return decision.voice_over, {"speech_share": decision.speech_share, "segments": decision.segments}
         answer = self.judge_reasoner.judge_voice_over(video, audio, sample_rate, mode=judge,
-                                                duration_s=len(audio) / sample_rate)
+                                                      duration_s=len(audio) / sample_rate, media=media)
         return answer.voice_over, {"answer": answer.text, "timings": self.judge_reasoner.last_timings}
 
     def remove_voice_over(self, audio: np.ndarray, sample_rate: int) -> tuple[np.ndarray, Timings]:
@@ -261,12 +275,13 @@ class Engine:
         return BatchResult(item.video, "ok", time.perf_counter() - started, output, result, source=item.source)
 
     def generate(self, video: str | Path, options: RunOptions | None = None, *, progress: ProgressSink | None = None,
-                 **overrides) -> GenerationResult:
+                 on_decoded: Callable[[float], None] | None = None, **overrides) -> GenerationResult:
         """Step 1 alone: audio for the whole video, or its first ``options.duration`` seconds, from
         ``prompt``, ``negative_prompt`` and ``seed``. Longer than the training length (8 s), it is
         made in overlapping windows (:mod:`.stages.windows`): the video's features once, as its
         frames decode; each window's conditions sliced from them, its own seeded noise, several
-        windows per velocity call (``EngineConfig.window_batch``), joined by ``options.seam``."""
+        windows per velocity call (``EngineConfig.window_batch``), joined by ``options.seam``.
+        ``on_decoded`` is called with the clip's length once the video is decoded."""
         options = _run_options(options, overrides)
         report = progress or (lambda event: None)
         timings = Timings()
@@ -277,8 +292,10 @@ class Engine:
             return timings.measure(name, self.device, graph.backend if graph is not None else "")
 
         plan_for = functools.partial(plan_windows, sample_rate=self.preset.sampling_rate, hop=self.preset.hop_length,
-                                     overlap_s=options.overlap, seam=options.seam)
+                                     overlap_s=options.window_overlap, seam=options.seam)
         clip_f, sync_f, duration = self._video_features(video, options.duration, plan_for, timings, report)
+        if on_decoded is not None:
+            on_decoded(float(duration))
         plan = plan_for(duration)
         check_export_duration(graphs, self.preset.name, plan.window_s)  # exports bake in their duration
         self.models.set_sequence_lengths(*plan.lengths)
@@ -297,8 +314,8 @@ class Engine:
     def _video_features(self, video: Path, duration_s: float | None, plan_for, timings: Timings,
                         report: ProgressSink) -> tuple[torch.Tensor, torch.Tensor, Fraction]:
         """CLIP and sync features of the whole video (padded for the windows that reach past its
-        end), encoded as its frames decode; and its duration. "video decode" is the time the
-        stream took, less the encoders' own."""
+        end), encoded as its frames decode (with ``overlap``, decoded on a worker thread meanwhile);
+        and its duration. "video decode" is the time the stream took, less the encoders' own."""
         graphs = self.graphs
         for name, graph in (("video decode", None), ("clip", graphs["clip_image"]), ("synchformer", graphs["sync"])):
             timings.add(name, 0.0, graph.backend if graph is not None else "")  # the table's order
@@ -310,7 +327,7 @@ class Engine:
         total = math.ceil(min(expected, duration_s or math.inf))
         report(ProgressEvent("video decode", 0, total))
         started = time.perf_counter()
-        for chunk in stream:
+        for chunk in read_ahead(stream) if self.config.overlap else stream:
             encoder.add(chunk)
             if chunk.kind == "sync":
                 report(ProgressEvent("video decode", min(total, (chunk.first + len(chunk.frames)) // SYNC_FPS), total))

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .backends import AUTO, BACKENDS
+from .backends.compiled import COMPILE_BACKENDS
 from .config import DTYPE_NAMES, PRESETS
 from .models.mmaudio.network import TRAINING_DURATION_S
 from .errors import DeepSoundError
@@ -100,11 +101,19 @@ class EngineConfig:
     export: Path | None = None  # a `deepsound-rt export` directory for the onnxruntime/tensorrt backends
     kernels: str = field(default_factory=default_kernels)  # see KERNEL_SETTINGS
     window_batch: int | str = "auto"  # windows of a long video per velocity call; auto: by free memory
+    # Speed levers (each off by default; `deepsound-rt bench` times them alone and together):
+    static_decode: bool = False  # MLLM decoding: static KV cache, greedy on the device, a CUDA graph per token on a GPU
+    compile: str | None = None  # torch.compile backend (COMPILE_BACKENDS) for the graphs whose specs allow it
+    fp8: bool = False  # FP8 matmuls in the flow network's blocks (Hopper; emulated in float32 elsewhere)
+    overlap: bool = False  # plan beside step 1, video decoding beside CLIP, the judge's encoders ahead of it
+    sdpa_encoders: bool = False  # BEATs attention by SDPA (one fused kernel) instead of upstream's softmax
 
     def __post_init__(self) -> None:
         _choice("preset", self.preset, tuple(sorted(PRESETS)))
         _choice("dtype", self.dtype, DTYPES)
         _choice("backend", self.backend, BACKEND_CHOICES)
+        if self.compile is not None:
+            _choice("compile backend", self.compile, COMPILE_BACKENDS)
         _choice(f"kernels setting (EngineConfig.kernels or ${KERNELS_ENV})", self.kernels, KERNEL_SETTINGS)
         object.__setattr__(self, "weights_source", resolve_weights_source(self.preset, self.weights_source))
         if not isinstance(self.device, str) or not (self.device in ("auto", "cpu", "cuda")
@@ -120,7 +129,7 @@ class EngineConfig:
                                             or not 1 <= self.window_batch <= MAX_WINDOW_BATCH):
             raise DeepSoundError(f"window_batch must be auto or an integer in [1, {MAX_WINDOW_BATCH}], "
                                  f"got {self.window_batch!r}")
-        for name in ("verify_checksums", "cuda_graphs"):
+        for name in ("verify_checksums", "cuda_graphs", "static_decode", "fp8", "overlap", "sdpa_encoders"):
             if not isinstance(getattr(self, name), bool):
                 raise DeepSoundError(f"{name} must be True or False, got {getattr(self, name)!r}")
         for name in ("weights", "mllm", "judge_mllm", "siglip", "separator", "export"):
@@ -131,7 +140,7 @@ class EngineConfig:
 class RunOptions:
     """How one clip runs: the DeepSound branches (``mode``, ``postprocess``, ``judge``) and the
     generation inputs. ``duration`` None = the whole video (a number caps it); audio longer than
-    the training length (8 s) is made in windows that overlap by ``overlap`` seconds and join by
+    the training length (8 s) is made in windows that overlap by ``window_overlap`` seconds and join by
     ``seam``."""
 
     mode: str = "s4"
@@ -141,7 +150,7 @@ class RunOptions:
     negative_prompt: str = ""
     duration: float | None = None
     seed: int = 42
-    overlap: float = 2.0
+    window_overlap: float = 2.0
     seam: str = "crossfade"
 
     def __post_init__(self) -> None:
@@ -157,7 +166,7 @@ class RunOptions:
                 raise DeepSoundError(f"duration must be a finite number > 0 (or None), got {self.duration!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < MAX_SEED:
             raise DeepSoundError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
-        object.__setattr__(self, "overlap", _number("overlap", self.overlap, 0, MAX_OVERLAP_S))
+        object.__setattr__(self, "window_overlap", _number("window_overlap", self.window_overlap, 0, MAX_OVERLAP_S))
         _choice("seam", self.seam, SEAMS)
 
 
@@ -175,7 +184,7 @@ def with_overrides(base, overrides: dict[str, Any]):
     return replace(base, **overrides) if overrides else base
 
 
-_ROW_NUMBERS = {"seed": int, "duration": float, "overlap": float}
+_ROW_NUMBERS = {"seed": int, "duration": float, "window_overlap": float}
 
 
 def with_row(base: RunOptions, row: dict[str, Any]) -> RunOptions:

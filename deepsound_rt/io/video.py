@@ -18,6 +18,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import queue
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -291,6 +293,45 @@ def load_video(path: str | Path, duration_s: float | None = DEFAULT_DURATION_S) 
         height=stream.height,
         has_audio=stream.has_audio,
     )
+
+
+def read_ahead(stream: FrameStream, depth: int = 4) -> Iterator[FrameChunk]:
+    """``stream``'s chunks, decoded on a worker thread up to ``depth`` chunks ahead of the caller
+    (``EngineConfig.overlap``: the encoders work on one chunk while the next decodes); its errors
+    are raised here, in order."""
+    handed: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def offer(item) -> bool:
+        """Hand ``item`` on unless the caller stopped reading."""
+        while not stop.is_set():
+            try:
+                handed.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def decode() -> None:
+        try:
+            for chunk in stream:
+                if not offer(chunk):
+                    return
+            offer(end)
+        except BaseException as error:  # handed to the caller
+            offer(error)
+
+    worker = threading.Thread(target=decode, daemon=True, name="deepsound-video")
+    worker.start()
+    try:
+        while (item := handed.get()) is not end:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join()
 
 
 @dataclass
