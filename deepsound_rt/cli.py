@@ -13,6 +13,8 @@ from pathlib import Path
 from .errors import DeepSoundError
 
 EXIT_USAGE = 2
+EXIT_SOME_FAILED = 1
+BATCH_LOG_NAME = "deepsound-rt-log.jsonl"
 
 
 def _add_engine_args(parser: argparse.ArgumentParser, default_preset: str) -> None:
@@ -42,6 +44,8 @@ def _add_engine_args(parser: argparse.ArgumentParser, default_preset: str) -> No
     parser.add_argument("--export", type=Path, help="a `deepsound-rt export` directory (onnxruntime/tensorrt)")
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="replay the velocity step, VAE and vocoder as CUDA graphs (CUDA only)")
+    parser.add_argument("--window-batch", type=_window_batch, default=engine("window_batch"),
+                        help="windows of a long video per velocity call; auto = by free memory (default: %(default)s)")
     parser.add_argument("--kernels", default=engine("kernels"), choices=KERNEL_SETTINGS,
                         help="our fused kernels: auto = where built for the device, on = required, off = torch ops "
                              "(default: %(default)s, from $DEEPSOUND_RT_KERNELS when set)")
@@ -75,14 +79,23 @@ def _add_engine_args(parser: argparse.ArgumentParser, default_preset: str) -> No
 
 def _add_generation_args(parser: argparse.ArgumentParser, default_preset: str, default_judge: str | None = None) -> None:
     """The engine's options and a run's (RunOptions); choices and defaults are theirs."""
-    from .options import JUDGES, MODES, POSTPROCESSES, RunOptions, default_of
+    from .options import JUDGES, MODES, POSTPROCESSES, SEAMS, RunOptions, default_of
 
     _add_engine_args(parser, default_preset)
     run = functools.partial(default_of, RunOptions)
     parser.add_argument("--seed", type=int, default=run("seed"), help="noise seed (default: %(default)s)")
     parser.add_argument("--duration", type=float, default=run("duration"),
-                        help="seconds of audio (default: 8, shortened to the video's length)")
+                        help="seconds of audio from the video's start (default: the whole video; longer than "
+                             "8 s is made in overlapping 8 s windows)")
+    parser.add_argument("--window-overlap", type=float, default=run("window_overlap"),
+                        help="seconds the windows of a long video overlap (default: %(default)s)")
+    parser.add_argument("--seam", default=run("seam"), choices=SEAMS,
+                        help="how windows join: crossfade = equal-power crossfade of independent windows, "
+                             "inpaint = each window's overlap held to the previous one's latents (default: %(default)s)")
     parser.add_argument("--prompt", default=run("prompt"), help="text prompt")
+    parser.add_argument("--plot", action="store_true",
+                        help="also write a picture of each result beside its output (.png): video frames over "
+                             "the waveform and mel spectrogram, with the windows' seams and each step's decision")
     parser.add_argument("--negative-prompt", default=run("negative_prompt"), help="negative text prompt")
     steps = parser.add_argument_group("DeepSound steps")
     steps.add_argument("--mode", default=run("mode"), choices=MODES,
@@ -124,13 +137,22 @@ def _add_serve_args(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from .config import DEFAULT_DURATION_S, PRESETS
     from .export.exporter import EXPORT_DTYPES
+    from .io.output import AUDIO_SUFFIXES, VIDEO_SUFFIXES
 
     parser = argparse.ArgumentParser(prog="deepsound-rt", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="generate audio for a video")
-    run.add_argument("video", type=Path)
-    run.add_argument("-o", "--output", type=Path, required=True, help="output .mp4 (video + audio) or .wav")
+    run = sub.add_parser("run", help="generate audio for a video, or for many (files, folders, CSV/JSONL lists)")
+    run.add_argument("inputs", type=Path, nargs="+", metavar="VIDEO",
+                     help="a video; or several, folders of videos, or .csv/.jsonl lists (a 'video' column, "
+                          "optional 'output' and per-row options such as prompt, seed, duration)")
+    run.add_argument("-o", "--output", type=Path, required=True,
+                     help="output .mp4 (video + audio) or .wav for one video; an output folder for a batch")
+    batch = run.add_argument_group("batches")
+    batch.add_argument("--suffix", default=".mp4", choices=VIDEO_SUFFIXES + AUDIO_SUFFIXES,
+                       help="output type of a batch's files (default: %(default)s)")
+    batch.add_argument("--overwrite", action="store_true", help="redo videos whose output already exists")
+    batch.add_argument("--log", type=Path, help=f"JSONL log of results (default: OUTPUT/{BATCH_LOG_NAME})")
     _add_generation_args(run, default_preset="large_44k_v2")
 
     demo = sub.add_parser("demo", help="run the bundled sample clip through the dev preset")
@@ -168,6 +190,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _window_batch(text: str) -> int | str:
+    """``auto`` or a count (EngineConfig checks its range)."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"auto or an integer, not {text!r}") from None
+
+
 def _weights_source(args: argparse.Namespace) -> str:
     return "full-random" if args.random_weights else "auto"
 
@@ -182,7 +214,8 @@ def _engine_config_from_args(args: argparse.Namespace):
                         siglip=args.siglip, separator=args.separator, vad_min_speech_share=args.vad_share,
                         backend=args.backend, export=args.export, cuda_graphs=args.cuda_graphs, kernels=args.kernels,
                         static_decode=args.static_decode, compile=args.compile, fp8=args.fp8, overlap=args.overlap,
-                        sdpa_encoders=args.sdpa_encoders, memory=args.memory, mllm_precision=args.mllm_precision)
+                        sdpa_encoders=args.sdpa_encoders, memory=args.memory, mllm_precision=args.mllm_precision,
+                        window_batch=args.window_batch)
 
 
 def _engine_from_args(args: argparse.Namespace):
@@ -191,14 +224,20 @@ def _engine_from_args(args: argparse.Namespace):
     return Engine(_engine_config_from_args(args))
 
 
+def _run_options_from_args(args: argparse.Namespace):
+    from .options import RunOptions
+
+    return RunOptions(mode=args.mode, postprocess=args.postprocess, judge=args.judge, prompt=args.prompt,
+                      negative_prompt=args.negative_prompt, duration=args.duration, seed=args.seed,
+                      window_overlap=args.window_overlap, seam=args.seam)
+
+
 def _generate(args: argparse.Namespace, video: Path) -> int:
     from .console import ConsoleProgress, print_steps, print_timings
     from .io.output import check_output_path
     from .io.video import probe_video
-    from .options import RunOptions
 
-    options = RunOptions(mode=args.mode, postprocess=args.postprocess, judge=args.judge, prompt=args.prompt,
-                         negative_prompt=args.negative_prompt, duration=args.duration, seed=args.seed)
+    options = _run_options_from_args(args)
     probe_video(video)  # fail on a bad input or output path before loading any weights
     check_output_path(args.output, video)
     engine = _engine_from_args(args)
@@ -214,18 +253,61 @@ def _generate(args: argparse.Namespace, video: Path) -> int:
                 if event.result is not None:
                     result = event.result
         path = result.save(args.output)
+        if args.plot:
+            from .io.output import write_bytes
+            from .plot import render_result
+
+            picture = write_bytes(args.output.with_suffix(".png"), render_result(result))
     if options.mode == "gen":
         print_timings(result.timings, result.duration_s, f"{result.device}, {result.dtype}")
         audio = f"{result.duration_s:.2f} s of audio at {result.sample_rate} Hz"
     else:
         print_steps(result, f"{engine.device}, {str(engine.dtype).removeprefix('torch.')}")
         audio = "no audio" if result.audio is None else f"{result.duration_s:.2f} s of audio at {result.sample_rate} Hz"
-    print(f"wrote {path} ({audio})")
+    print(f"wrote {path} ({audio})" + (f" and {picture}" if args.plot else ""))
     return 0
 
 
 def _run(args: argparse.Namespace) -> int:
-    return _generate(args, args.video)
+    from .io.batch import LIST_SUFFIXES
+
+    only = args.inputs[0]
+    single = len(args.inputs) == 1 and not only.is_dir() and only.suffix.lower() not in LIST_SUFFIXES
+    return _generate(args, only) if single else _run_batch(args)
+
+
+def _run_batch(args: argparse.Namespace) -> int:
+    """Every video of the inputs on one Engine, into the output folder; exit 1 when any failed."""
+    from .console import ConsoleProgress, print_batch_summary
+    from .errors import InputError, OutputError
+    from .io.batch import expand_inputs
+
+    from .io.output import AUDIO_SUFFIXES, VIDEO_SUFFIXES
+
+    folder = args.output
+    if folder.suffix.lower() in AUDIO_SUFFIXES + VIDEO_SUFFIXES and not folder.is_dir():
+        raise OutputError(f"{folder}: several videos (a directory, a list or many files) are written into an "
+                          "output folder, not one file")
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{folder}: a batch writes into a folder; this is a file")
+    if not folder.parent.is_dir():
+        raise OutputError(f"{folder}: its parent folder {folder.parent} does not exist")
+    options = _run_options_from_args(args)
+    items = expand_inputs(args.inputs)  # an unreadable list fails now, before any weights load
+    if not items:
+        raise InputError(f"no videos in {', '.join(map(str, args.inputs))}")
+    folder.mkdir(exist_ok=True)
+    engine = _engine_from_args(args)
+    outcomes = []
+    with ConsoleProgress() as progress:
+        progress.files(0, len(items))
+        for outcome in engine.run_many(items, options, output_dir=folder, suffix=args.suffix,
+                                       overwrite=args.overwrite, log=args.log or folder / BATCH_LOG_NAME, plot=args.plot,
+                                       progress=progress, on_step=progress.step):
+            outcomes.append(outcome)
+            progress.file_done(outcome, len(outcomes), len(items))
+    print_batch_summary(outcomes)
+    return EXIT_SOME_FAILED if any(outcome.status == "failed" for outcome in outcomes) else 0
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -13,11 +13,11 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from .events import ProgressEvent, StepEvent
-    from .results import DeepSoundResult
+    from .results import BatchResult, DeepSoundResult
     from .timing import Timings
 
 
-__all__ = ["ConsoleProgress", "escape", "print_steps", "print_timings", "report_console"]
+__all__ = ["ConsoleProgress", "escape", "print_batch_summary", "print_steps", "print_timings", "report_console"]
 
 
 def report_console() -> Console:
@@ -46,6 +46,20 @@ class ConsoleProgress:
         if event.record is not None:
             record = event.record
             self._progress.console.print(f"[bold]{record.step}[/]: {record.decision} ({record.seconds:.2f} s)")
+
+    def file_done(self, outcome: "BatchResult", done: int, total: int) -> None:
+        """A batch's video finished: one line above the bars, and the bar over files moved on."""
+        colour = {"ok": "green", "skipped": "yellow", "failed": "red"}[outcome.status]
+        detail = outcome.error if outcome.error else (str(outcome.output) if outcome.output else "")
+        self._progress.console.print(f"[{done}/{total}] {escape(str(outcome.video))}: [{colour}]{outcome.status}[/]"
+                                     f" ({outcome.seconds:.1f} s) {escape(detail)}")
+        self.files(done, total)
+
+    def files(self, done: int, total: int) -> None:
+        """The bar over a batch's files."""
+        from .events import ProgressEvent
+
+        self(ProgressEvent("files", done, total))
 
     def __call__(self, event: "ProgressEvent") -> None:
         task = self._tasks.get(event.stage)
@@ -88,3 +102,20 @@ def print_steps(result: "DeepSoundResult", where: str, console: Console | None =
         if "timings" in record.details:
             print_timings(record.details["timings"], result.duration_s, where, console,
                           title="step 1 per-stage latency" if record.step == "generate" else f"{record.step} latency")
+
+
+def print_batch_summary(outcomes: "list[BatchResult]", console: Console | None = None) -> None:
+    """Each video of a batch: its status, seconds and output (or why it failed)."""
+    console = console or Console()
+    table = Table(title="batch")
+    table.add_column("video")
+    table.add_column("status")
+    table.add_column("seconds", justify="right")
+    table.add_column("output / error")
+    for outcome in outcomes:
+        table.add_row(escape(str(outcome.video)), outcome.status, f"{outcome.seconds:.2f}",
+                      escape(outcome.error or str(outcome.output or "")))
+    counts = {status: sum(o.status == status for o in outcomes) for status in ("ok", "skipped", "failed")}
+    table.add_row("total", ", ".join(f"{n} {status}" for status, n in counts.items() if n),
+                  f"{sum(o.seconds for o in outcomes):.2f}", "", style="bold")
+    console.print(table)

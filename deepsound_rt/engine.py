@@ -7,9 +7,14 @@ and know nothing of which backend runs them.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
+import math
+import time
+from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -19,24 +24,29 @@ from .backends import GraphLoader, check_export_duration
 from .backends.base import Graph
 from .backends.fp8 import convert_flow_to_fp8, has_fp8_kernel
 from .backends.torch_backend import TorchGraph
-from .config import DEFAULT_DURATION_S, PRESETS, Preset, resolve_device, resolve_dtype
+from .config import PRESETS, Preset, resolve_device, resolve_dtype
 from .errors import DeepSoundError
 from .events import ProgressEvent, ProgressSink, StepEvent
-from .io.video import load_video
+from .io.batch import BatchItem, ResultLog, expand_inputs
+from .io.output import check_output_path, write_bytes
+from .io.video import SYNC_FPS, FrameStream, probe_video, read_ahead
 from .memory import check_fits, mllm_parts, pipeline_bytes, resolve_tier
 from .models.graphs import generator_graph_modules, release_unused
 from .models.loading import GeneratorModels, load_generator_models
-from .models.mmaudio.network import sequence_lengths
-from .models.mmaudio.sampler import initial_noise
+from .models.mmaudio.network import TRAINING_DURATION_S, sequence_lengths
+from .models.mmaudio.sampler import initial_noise, window_seed
 from .models.spec import graph_spec
-from .options import EngineConfig, RunOptions, with_overrides
+from .options import EngineConfig, RunOptions, with_overrides, with_row
 from .pipeline import StepRunner
 from .residency import Residency
-from .results import DeepSoundResult, GenerationResult
+from .results import BatchResult, DeepSoundResult, GenerationResult
 from .stages import decode, features, generate
+from .stages.windows import AudioJoin, Window, WindowPlan, plan_windows
 from .stages.silence import check_silence
 from .timing import Timings
 from .weights_dir import DEV_SEED, WeightsSource, find_weight_file
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["Engine", "EngineConfig", "RunOptions", "GenerationResult", "DeepSoundResult"]
 
@@ -80,6 +90,9 @@ class Engine:
                         for network in graph_spec(name).networks}
             self.residency.offload("encoders", [getattr(self.models, network) for network in ("clip", "synchformer")
                                                 if network in on_torch])
+        if config.window_batch not in ("auto", 1) and not self.graphs["flow_velocity"].backend.startswith("torch"):
+            raise DeepSoundError(f"window_batch {config.window_batch} needs flow_velocity on torch: an exported "
+                                 "velocity graph runs one window at a time (use window_batch 1 or auto)")
 
     def _load_graphs(self) -> dict[str, Graph]:
         """Each generator graph on its backend (exported graphs where the export and the backend
@@ -252,11 +265,79 @@ class Engine:
                 return event.result
         raise AssertionError("the step runner ended without a result")
 
+    def run_many(self, inputs: Iterable, options: RunOptions | None = None, *, output_dir: str | Path | None = None,
+                 suffix: str = ".mp4", overwrite: bool = False, log: str | Path | None = None, plot: bool = False,
+                 progress: ProgressSink | None = None, on_step: Callable[[StepEvent], None] | None = None,
+                 **overrides) -> Iterator[BatchResult]:
+        """Many videos on this one Engine, a :class:`BatchResult` yielded as each finishes.
+
+        ``inputs``: video paths, folders (their videos), CSV/JSONL lists whose rows name a
+        ``video`` and optionally its ``output`` and run options (``prompt``, ``seed``, ...; see
+        :mod:`.io.batch`), or ``(video, {options})`` pairs. With ``output_dir``, each result is
+        written there (``<video name><suffix>`` unless its row names one) and a video whose output
+        already exists is skipped unless ``overwrite``. A video that fails fails alone; ``log``
+        gets a JSON line per video as it finishes. Options ``mode="gen"`` runs step 1 alone. ``plot``:
+        each output's picture (:func:`~deepsound_rt.plot.render_result`) beside it as ``.png``."""
+        base = _run_options(options, overrides)
+        result_log = None if log is None else ResultLog(Path(log))
+        items = expand_inputs(inputs)
+        outputs_taken: set[Path] = set()
+        for item in items:
+            output = None if output_dir is None else Path(output_dir) / (item.output or item.video.stem + suffix)
+            outcome = self._run_item(item, base, output, outputs_taken, overwrite, plot, progress, on_step)
+            if result_log is not None:
+                result_log.write(outcome.log_entry())
+            yield outcome
+
+    def _run_item(self, item: BatchItem, base: RunOptions, output: Path | None, outputs_taken: set[Path],
+                  overwrite: bool, plot: bool, progress: ProgressSink | None, on_step) -> BatchResult:
+        started = time.perf_counter()
+
+        def failed(error: str) -> BatchResult:
+            return BatchResult(item.video, "failed", time.perf_counter() - started, output, error=error,
+                               source=item.source)
+
+        if item.error is not None:
+            return failed(item.error)
+        if output is not None:
+            if output in outputs_taken:
+                return failed(f"{output}: an earlier video of this batch writes there; give the row an output name")
+            outputs_taken.add(output)
+            if output.exists() and not overwrite:  # written under a temporary name, so complete
+                return BatchResult(item.video, "skipped", 0.0, output, source=item.source)
+        try:
+            options = with_row(base, item.options)
+            if output is not None:
+                check_output_path(output, item.video)
+            if options.mode == "gen":
+                result = self.generate(item.video, options, progress=progress)
+            else:
+                for event in self.steps(item.video, options, progress=progress):
+                    if on_step is not None:
+                        on_step(event)
+                    if event.result is not None:
+                        result = event.result
+            if output is not None:
+                result.save(output)
+                if plot:
+                    from .plot import render_result
+
+                    write_bytes(output.with_suffix(".png"), render_result(result))
+        except DeepSoundError as error:
+            return failed(str(error))
+        except Exception as error:  # a bug or a library's surprise on this file: the rest still run
+            logger.exception("%s failed", item.video)
+            return failed(f"{type(error).__name__}: {error}")
+        return BatchResult(item.video, "ok", time.perf_counter() - started, output, result, source=item.source)
+
     def generate(self, video: str | Path, options: RunOptions | None = None, *, progress: ProgressSink | None = None,
                  on_decoded: Callable[[float], None] | None = None, **overrides) -> GenerationResult:
-        """Step 1 alone: ``options.duration`` seconds of audio for ``video`` (default 8, cut to the
-        video's length) from ``prompt``, ``negative_prompt`` and ``seed``. ``on_decoded`` is called
-        with the clip's length once the video is decoded."""
+        """Step 1 alone: audio for the whole video, or its first ``options.duration`` seconds, from
+        ``prompt``, ``negative_prompt`` and ``seed``. Longer than the training length (8 s), it is
+        made in overlapping windows (:mod:`.stages.windows`): the video's features once, as its
+        frames decode; each window's conditions sliced from them, its own seeded noise, several
+        windows per velocity call (``EngineConfig.window_batch``), joined by ``options.seam``.
+        ``on_decoded`` is called with the clip's length once the video is decoded."""
         options = _run_options(options, overrides)
         report = progress or (lambda event: None)
         timings = Timings()
@@ -264,65 +345,144 @@ class Engine:
         video = Path(video)
 
         def stage(name: str, graph=None):
-            report(ProgressEvent(name, 0, 1))
             return timings.measure(name, self.device, graph.backend if graph is not None else "")
 
-        with self._on_device("features"):  # the low tier keeps CLIP and the Synchformer on the host after
-            duration = DEFAULT_DURATION_S if options.duration is None else options.duration
-            clip_f = None
-            if self.config.overlap:  # CLIP encodes the frames decoded so far while decoding goes on
-                report(ProgressEvent("video decode", 0, 1))
-                clip, clip_f = features.clip_image_features_while_decoding(graphs["clip_image"], video, duration,
-                                                                           timings, self.device)
-            else:
-                with stage("video decode"):
-                    clip = load_video(video, duration)
-            report(ProgressEvent("video decode", 1, 1))
+        plan_for = functools.partial(plan_windows, sample_rate=self.preset.sampling_rate, hop=self.preset.hop_length,
+                                     overlap_s=options.window_overlap, seam=options.seam)
+        with self._on_device("features"):  # the low tier keeps CLIP and the Synchformer on the host otherwise
+            clip_f, sync_f, duration = self._video_features(video, options.duration, plan_for, timings, report)
             if on_decoded is not None:
-                on_decoded(clip.duration_s)
+                on_decoded(float(duration))
+            plan = plan_for(duration)
+            check_export_duration(graphs, self.preset.name, plan.window_s)  # exports bake in their duration
+            self.models.set_sequence_lengths(*plan.lengths)
 
-            check_export_duration(graphs, self.preset.name, clip.duration_s)  # exports bake in their duration
-            latent_len, clip_len, sync_len = sequence_lengths(clip.duration_s, self.preset.sampling_rate,
-                                                              self.preset.hop_length)
-            self.models.set_sequence_lengths(latent_len, clip_len, sync_len)
-
-            if clip_f is None:
-                with stage("clip", graphs["clip_image"]):
-                    clip_f = features.clip_image_features(graphs["clip_image"], clip.clip_frames[:clip_len])
-            report(ProgressEvent("clip", 1, 1))
-            with stage("synchformer", graphs["sync"]):
-                sync_f = features.sync_features(graphs["sync"], clip.sync_frames)
-            report(ProgressEvent("synchformer", 1, 1))
+            report(ProgressEvent("text", 0, 1))
             with stage("text", graphs["clip_text"]):
                 tokens = self.models.tokenize([options.prompt, options.negative_prompt])
                 text_f = features.text_features(graphs["clip_text"], tokens)
             report(ProgressEvent("text", 1, 1))
-
-        with stage("conditions", graphs["flow_conditions"]):
-            conditions = generate.prepare_conditions(graphs["flow_conditions"], clip_f[:, :clip_len],
-                                                     sync_f[:, :sync_len], text_f[:1], text_f[1:])
-        report(ProgressEvent("conditions", 1, 1))
-
-        x0 = initial_noise(1, latent_len, self.models.latent_dim, options.seed, self.device, torch.float32)
-        report(ProgressEvent("sampling", 0, self.config.num_steps))
-        with timings.measure("sampling", self.device, graphs["flow_velocity"].backend):
-            latents = generate.sample_latents(
-                graphs["flow_velocity"], conditions, x0, self.config.num_steps, self.config.cfg_strength,
-                progress=lambda done, total: report(ProgressEvent("sampling", done, total)))
-
-        with stage("vae", graphs["vae_decode"]):
-            mel = decode.decode_latents(graphs["vae_decode"], latents)
-        report(ProgressEvent("vae", 1, 1))
-        with stage("vocoder", graphs["vocoder"]):
-            waveform = decode.vocode(graphs["vocoder"], mel)
-        report(ProgressEvent("vocoder", 1, 1))
-
-        if not torch.isfinite(waveform).all():
-            raise DeepSoundError(f"the generated audio contains NaN/Inf (dtype {self.dtype}); "
-                                 "fp16 can overflow: try --dtype bf16 or fp32")
-        num_samples = round(clip.duration_s * self.preset.sampling_rate)
+        waveform = self._sample_windows(plan, clip_f, sync_f, text_f, options.seed, stage, report)
         return GenerationResult(
-            waveform=waveform[:num_samples].numpy().astype(np.float32),
-            sample_rate=self.preset.sampling_rate, duration_s=clip.duration_s, video=video, timings=timings,
-            preset=self.preset.name, seed=options.seed, device=str(self.device),
-            dtype=str(self.dtype).removeprefix("torch."))
+            waveform=waveform, sample_rate=self.preset.sampling_rate, duration_s=plan.duration_s, video=video,
+            timings=timings, preset=self.preset.name, seed=options.seed, device=str(self.device),
+            dtype=str(self.dtype).removeprefix("torch."), windows=plan)
+
+    def _video_features(self, video: Path, duration_s: float | None, plan_for, timings: Timings,
+                        report: ProgressSink) -> tuple[torch.Tensor, torch.Tensor, Fraction]:
+        """CLIP and sync features of the whole video (padded for the windows that reach past its
+        end), encoded as its frames decode (with ``overlap``, decoded on a worker thread meanwhile);
+        and its duration. "video decode" is the time the stream took, less the encoders' own."""
+        graphs = self.graphs
+        for name, graph in (("video decode", None), ("clip", graphs["clip_image"]), ("synchformer", graphs["sync"])):
+            timings.add(name, 0.0, graph.backend if graph is not None else "")  # the table's order
+        stream = FrameStream(video, duration_s, chunk=features.CLIP_FRAMES_PER_RUN,
+                             pad=lambda duration: plan_for(duration).frames_needed)
+        encoder = features.StreamEncoder(graphs["clip_image"], graphs["sync"],
+                                         lambda name, graph: timings.measure(name, self.device, graph.backend))
+        expected = probe_video(video).duration_s or 0.0
+        total = math.ceil(min(expected, duration_s or math.inf))
+        report(ProgressEvent("video decode", 0, total))
+        started = time.perf_counter()
+        for chunk in read_ahead(stream) if self.config.overlap else stream:
+            encoder.add(chunk)
+            if chunk.kind == "sync":
+                report(ProgressEvent("video decode", min(total, (chunk.first + len(chunk.frames)) // SYNC_FPS), total))
+        clip_f, sync_f = encoder.finish()
+        encoding = sum(seconds for name, seconds in timings.as_dict().items() if name in ("clip", "synchformer"))
+        timings.add("video decode", time.perf_counter() - started - encoding)
+        seconds = math.ceil(stream.duration_s)
+        report(ProgressEvent("video decode", seconds, seconds))
+        return clip_f, sync_f, stream.duration
+
+    def window_batch(self) -> int:
+        """Windows per velocity call: ``EngineConfig.window_batch``, or for ``auto`` as many as half the
+        free memory holds (:func:`flow_window_bytes`), at most ``AUTO_WINDOW_BATCH`` of the device;
+        one where the velocity graph is exported (exports run one window)."""
+        if self.config.window_batch != "auto":
+            return self.config.window_batch
+        if not self.graphs["flow_velocity"].backend.startswith("torch"):
+            return 1
+        latent_len, clip_len, _ = sequence_lengths(TRAINING_DURATION_S, self.preset.sampling_rate,
+                                                   self.preset.hop_length)
+        per_window = flow_window_bytes(self.preset.flow, latent_len, clip_len, self.dtype)
+        return max(1, min(AUTO_WINDOW_BATCH[self.device.type], int(free_memory(self.device) / 2 // per_window)))
+
+    def _sample_windows(self, plan: WindowPlan, clip_f: torch.Tensor, sync_f: torch.Tensor, text_f: torch.Tensor,
+                        seed: int, stage, report: ProgressSink) -> np.ndarray:
+        """Each window's latents (:meth:`window_latents`), then its VAE and vocoder, joined as the plan says."""
+        graphs = self.graphs
+        count = len(plan.windows)
+        joined = AudioJoin(plan)
+        batch = self.window_batch()
+        for window, latents in self.window_latents(plan, clip_f, sync_f, text_f, seed, batch, stage, report):
+            with stage("vae", graphs["vae_decode"]):
+                mel = decode.decode_latents(graphs["vae_decode"], latents)
+            report(ProgressEvent("vae", window.index + 1, count))
+            with stage("vocoder", graphs["vocoder"]):
+                waveform = decode.vocode(graphs["vocoder"], mel)
+            report(ProgressEvent("vocoder", window.index + 1, count))
+            if not torch.isfinite(waveform).all():
+                raise DeepSoundError(f"the generated audio contains NaN/Inf (dtype {self.dtype}); "
+                                     "fp16 can overflow: try --dtype bf16 or fp32")
+            joined.add(window, waveform.numpy())
+        return joined.result()
+
+    def window_latents(self, plan: WindowPlan, clip_f: torch.Tensor, sync_f: torch.Tensor, text_f: torch.Tensor,
+                       seed: int, batch: int, stage=None, report: ProgressSink | None = None
+                       ) -> Iterator[tuple[Window, torch.Tensor]]:
+        """(window, its (1, N, C) latents) in order: each window's conditions sliced from the whole
+        video's features, its own seeded noise, ``batch`` windows per velocity call (one at a time
+        when each follows the previous: ``inpaint``)."""
+        graphs = self.graphs
+        stage = stage or (lambda name, graph=None: contextlib.nullcontext())
+        report = report or (lambda event: None)
+        latent_len, clip_len, sync_len = plan.lengths
+        batch = 1 if plan.seam == "inpaint" else batch
+        groups = [plan.windows[first : first + batch] for first in range(0, len(plan.windows), batch)]
+        steps = self.config.num_steps
+        previous: torch.Tensor | None = None  # the last window's latents, for the next one's held part
+        report(ProgressEvent("sampling", 0, steps * len(groups)))
+        for number, group in enumerate(groups):
+            with stage("conditions", graphs["flow_conditions"]):
+                conditions = generate.stack_conditions([generate.prepare_conditions(
+                    graphs["flow_conditions"], clip_f[:, w.clip_first : w.clip_first + clip_len],
+                    sync_f[:, w.sync_first : w.sync_first + sync_len], text_f[:1], text_f[1:]) for w in group])
+            x0 = torch.cat([initial_noise(1, latent_len, self.models.latent_dim, window_seed(seed, w.index),
+                                          self.device, torch.float32) for w in group])
+            held = previous[:, latent_len - group[0].held :] if group[0].held else None
+            with stage("sampling", graphs["flow_velocity"]):
+                latents = generate.sample_latents(
+                    graphs["flow_velocity"], conditions, x0, steps, self.config.cfg_strength, held=held,
+                    progress=lambda done, _: report(ProgressEvent("sampling", number * steps + done, steps * len(groups))))
+            previous = latents[-1:]
+            yield from zip(group, latents.split(1))
+
+
+AUTO_WINDOW_BATCH = {"cuda": 16, "cpu": 4}
+"""The most windows ``auto`` batches: a GPU gains up to about this many per call, a CPU little beyond
+a few (its cores are busy with one window's matrix products)."""
+FLOW_ACTIVATION_WIDTHS = 16
+"""Hidden-size vectors per token alive at a flow block's peak (the residual stream, q/k/v, the
+SwiGLU's two 4x projections): the per-token part of a window's memory."""
+
+
+def flow_window_bytes(flow, latent_len: int, clip_len: int, dtype: torch.dtype) -> int:
+    """Estimated memory one more window adds to a velocity call: activations of its conditional and
+    unconditional token sequences, plus float32 attention scores where they are materialised."""
+    tokens = latent_len + clip_len + flow.text_seq_len
+    element = torch.finfo(dtype).bits // 8
+    return 2 * tokens * (flow.hidden_dim * element * FLOW_ACTIVATION_WIDTHS + flow.num_heads * tokens * 4)
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free on ``device``: the GPU's, or the memory Linux reports available (else 1 GiB)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 2**30

@@ -15,6 +15,7 @@ from typing import Any
 from .backends import AUTO, BACKENDS
 from .backends.compiled import COMPILE_BACKENDS
 from .config import DTYPE_NAMES, PRESETS
+from .models.mmaudio.network import TRAINING_DURATION_S
 from .errors import DeepSoundError
 from .weights_dir import WeightsSource
 
@@ -36,6 +37,13 @@ their steps; low: also int8 LLM weights and the video encoders only while featur
 MLLM_PRECISIONS = ("auto", "int8", "dtype")
 """The MLLM's language-model weights: int8, or the Engine's dtype; auto: int8 in the low tier."""
 MAX_SEED = 2**63
+SEAMS = ("crossfade", "inpaint")
+"""How the windows of a video longer than the training length join: an equal-power crossfade of
+independent windows, or each window's overlap held to the previous window's latents while it is
+sampled (sequential). The rule: ``deepsound_rt.stages.windows``."""
+MAX_OVERLAP_S = TRAINING_DURATION_S / 2
+"""Windows overlap by at most half their length, so no moment lies in three windows."""
+MAX_WINDOW_BATCH = 64
 
 
 def _choice(what: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -98,6 +106,7 @@ class EngineConfig:
     backend: str = AUTO  # per graph the best installed backend that has it (deepsound_rt.backends)
     export: Path | None = None  # a `deepsound-rt export` directory for the onnxruntime/tensorrt backends
     kernels: str = field(default_factory=default_kernels)  # see KERNEL_SETTINGS
+    window_batch: int | str = "auto"  # windows of a long video per velocity call; auto: by free memory
     # Speed levers (each off by default; `deepsound-rt bench` times them alone and together):
     static_decode: bool = False  # MLLM decoding: static KV cache, greedy on the device, a CUDA graph per token on a GPU
     compile: str | None = None  # torch.compile backend (COMPILE_BACKENDS) for the graphs whose specs allow it
@@ -126,6 +135,10 @@ class EngineConfig:
         object.__setattr__(self, "vad_min_speech_share", _number("vad_min_speech_share", self.vad_min_speech_share, 0, 1))
         object.__setattr__(self, "silence_threshold_db", _number("silence_threshold_db", self.silence_threshold_db))
         object.__setattr__(self, "silence_max_share", _number("silence_max_share", self.silence_max_share, 0, 1))
+        if self.window_batch != "auto" and (isinstance(self.window_batch, bool) or not isinstance(self.window_batch, int)
+                                            or not 1 <= self.window_batch <= MAX_WINDOW_BATCH):
+            raise DeepSoundError(f"window_batch must be auto or an integer in [1, {MAX_WINDOW_BATCH}], "
+                                 f"got {self.window_batch!r}")
         for name in ("verify_checksums", "cuda_graphs", "static_decode", "fp8", "overlap", "sdpa_encoders"):
             if not isinstance(getattr(self, name), bool):
                 raise DeepSoundError(f"{name} must be True or False, got {getattr(self, name)!r}")
@@ -142,7 +155,9 @@ class EngineConfig:
 @dataclass(frozen=True)
 class RunOptions:
     """How one clip runs: the DeepSound branches (``mode``, ``postprocess``, ``judge``) and the
-    generation inputs. ``duration`` None = 8 s (cut to the video's length)."""
+    generation inputs. ``duration`` None = the whole video (a number caps it); audio longer than
+    the training length (8 s) is made in windows that overlap by ``window_overlap`` seconds and join by
+    ``seam``."""
 
     mode: str = "s4"
     postprocess: str = "rep"
@@ -151,6 +166,8 @@ class RunOptions:
     negative_prompt: str = ""
     duration: float | None = None
     seed: int = 42
+    window_overlap: float = 2.0
+    seam: str = "crossfade"
 
     def __post_init__(self) -> None:
         _choice("mode", self.mode, MODES)
@@ -165,6 +182,8 @@ class RunOptions:
                 raise DeepSoundError(f"duration must be a finite number > 0 (or None), got {self.duration!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < MAX_SEED:
             raise DeepSoundError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
+        object.__setattr__(self, "window_overlap", _number("window_overlap", self.window_overlap, 0, MAX_OVERLAP_S))
+        _choice("seam", self.seam, SEAMS)
 
 
 def with_overrides(base, overrides: dict[str, Any]):
@@ -179,6 +198,23 @@ def with_overrides(base, overrides: dict[str, Any]):
             and base.weights_source is resolve_weights_source(base.preset, "auto"):
         overrides = {**overrides, "weights_source": "auto"}  # an automatic source follows the new preset
     return replace(base, **overrides) if overrides else base
+
+
+_ROW_NUMBERS = {"seed": int, "duration": float, "window_overlap": float}
+
+
+def with_row(base: RunOptions, row: dict[str, Any]) -> RunOptions:
+    """``base`` with a batch list's row of options (CSV strings or JSON values), validated; numbers
+    written as strings are read as numbers."""
+    converted = {}
+    for name, value in row.items():
+        if name in _ROW_NUMBERS and isinstance(value, str):
+            try:
+                value = _ROW_NUMBERS[name](value)
+            except ValueError:
+                raise DeepSoundError(f"{name} must be a number, got {value!r}") from None
+        converted[name] = value
+    return with_overrides(base, converted)
 
 
 def default_of(cls, name: str) -> Any:

@@ -161,8 +161,11 @@ class StepRunner:
     def _generate_step(self, started: float, decision: str | None) -> StepEvent:
         self.generated, seconds = self._generate(self.options.negative_prompt)
         self.step1_audio = self.generated.waveform
-        return self._record("generate", started, decision or f"{self.generated.duration_s:.2f} s of audio",
-                            self.step1_audio, seconds=seconds, timings=self.generated.timings)
+        windows = self.generated.windows
+        made = f"{self.generated.duration_s:.2f} s of audio" + (
+            f" in {len(windows.windows)} windows" if windows is not None and len(windows.windows) > 1 else "")
+        return self._record("generate", started, decision or made, self.step1_audio, seconds=seconds,
+                            timings=self.generated.timings, windows=windows)
 
     def _judge(self, started: float):
         media = self.ahead.judge_media(self.step1_audio, self.generated.sample_rate) if self.ahead else None

@@ -129,15 +129,28 @@ def figure(audio: np.ndarray | None, sample_rate: int, duration_s: float, *,
 
 
 def render_result(result, markers: Sequence[Marker] = (), frame_count: int = 8, name: str | None = None) -> bytes:
-    """:func:`render` for a :class:`~deepsound_rt.engine.DeepSoundResult`: its video's frames, its
-    step records, and the step-1 audio behind the final audio; ``name`` (default: the video's file
-    name) heads the picture."""
-    generate = result.step("generate")
+    """:func:`render` for a :class:`~deepsound_rt.results.DeepSoundResult` (or a step-1
+    :class:`~deepsound_rt.results.GenerationResult`): its video's frames, its step records, the
+    step-1 audio behind the final audio, and the seams of its windows (:func:`window_markers`);
+    ``name`` (default: the video's file name) heads the picture."""
+    steps = getattr(result, "steps", ())
+    generate = result.step("generate") if steps else None
+    audio = result.audio if steps else result.waveform
     name = name or Path(result.video).name
-    return render(result.audio, result.sample_rate, result.duration_s,
-                  frames=video_frames(result.video, result.duration_s, frame_count), steps=result.steps,
-                  markers=markers, step1_audio=None if generate is None else generate.audio,
+    return render(audio, result.sample_rate, result.duration_s,
+                  frames=video_frames(result.video, result.duration_s, frame_count), steps=steps,
+                  markers=[*window_markers(result.windows, result.sample_rate), *markers],
+                  step1_audio=None if generate is None else generate.audio,
                   title=f"{name}: {result.duration_s:.2f} s at {result.sample_rate} Hz")
+
+
+def window_markers(plan, sample_rate: int) -> list[Marker]:
+    """Where the windows of a long video's audio join: each seam's span (the overlap the join rule
+    weighs), labelled with the window that starts there; none for audio made in one window."""
+    if plan is None or len(plan.windows) < 2:
+        return []
+    return [Marker(window.sample_first / sample_rate, (window.sample_first + window.fade) / sample_rate,
+                   f"w{window.index} {plan.seam}") for window in plan.windows[1:]]
 
 
 def _draw_envelope(axes, audio: np.ndarray, sample_rate: int, columns: int = 2000, **style) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .io.output import write_output
+from .stages.windows import WindowPlan
 from .timing import Timings
 
 
@@ -24,6 +25,8 @@ class GenerationResult:
     seed: int
     device: str
     dtype: str
+    windows: WindowPlan | None = None
+    """Where each window of the audio lies and how they were joined."""
 
     def save(self, path: str | Path) -> Path:
         """Write ``.mp4``/``.mov``/``.mkv`` (video stream copied, audio as AAC) or ``.wav``."""
@@ -58,8 +61,39 @@ class DeepSoundResult:
         """The last record of step ``name``."""
         return next((r for r in reversed(self.steps) if r.step == name), None)
 
+    @property
+    def windows(self) -> WindowPlan | None:
+        """The step-1 audio's windows (see :attr:`GenerationResult.windows`)."""
+        generate = self.step("generate")
+        return None if generate is None else generate.details.get("windows")
+
     def save(self, path: str | Path) -> Path:
         """``.mp4``/``.mov``/``.mkv`` (video copied, audio as AAC; no audio track when it was
         removed) or ``.wav`` (refused when there is no audio)."""
         return write_output(Path(path), self.audio, self.sample_rate, source_video=self.video,
                             duration_s=self.duration_s)
+
+
+@dataclass
+class BatchResult:
+    """One video of :meth:`Engine.run_many`: ``ok`` (its result, written to ``output`` when an
+    output folder was given), ``skipped`` (``output`` already there: outputs appear only complete)
+    or ``failed`` (``error``, one line)."""
+
+    video: Path
+    status: str
+    seconds: float = 0.0
+    output: Path | None = None
+    result: GenerationResult | DeepSoundResult | None = None
+    error: str | None = None
+    source: str = ""
+
+    def log_entry(self) -> dict:
+        """What the batch log keeps of it: input, output, status, steps, decisions, seconds, error."""
+        steps = getattr(self.result, "steps", None)
+        if steps is None and isinstance(self.result, GenerationResult):
+            steps = [StepRecord("generate", f"{self.result.duration_s:.2f} s of audio", self.result.timings.total)]
+        return {"input": str(self.video), "output": None if self.output is None else str(self.output),
+                "status": self.status, "steps": [record.step for record in steps or ()],
+                "decisions": {record.step: record.decision for record in steps or ()},
+                "seconds": round(self.seconds, 3), "error": self.error}

@@ -26,14 +26,23 @@ class Timings:
         start = time.perf_counter()
         yield
         _synchronize(device)
-        self.stages.append(StageTiming(stage, time.perf_counter() - start, backend))
+        self.add(stage, time.perf_counter() - start, backend)
+
+    def add(self, stage: str, seconds: float, backend: str = "") -> None:
+        """Count ``seconds`` to ``stage``: a stage run several times (per window, per chunk) is one
+        entry, in the order stages first ran."""
+        for timing in self.stages:
+            if timing.stage == stage and timing.backend == backend:
+                timing.seconds += seconds
+                return
+        self.stages.append(StageTiming(stage, seconds, backend))
 
     @property
     def total(self) -> float:
         return sum(s.seconds for s in self.stages)
 
     def as_dict(self) -> dict[str, float]:
-        """stage -> seconds (a stage measured twice is summed)."""
+        """stage -> seconds (a stage on two backends is summed)."""
         out: dict[str, float] = {}
         for s in self.stages:
             out[s.stage] = out.get(s.stage, 0.0) + s.seconds

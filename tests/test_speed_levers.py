@@ -22,8 +22,8 @@ from deepsound_rt.backends.compiled import CompiledTorchGraph
 from deepsound_rt.backends.cuda_graphs import CudaGraphTorchGraph
 from deepsound_rt.engine import Engine, EngineConfig
 from deepsound_rt.errors import InputError
-from deepsound_rt.io.sample import make_test_video, sample_clip_path
-from deepsound_rt.io.video import VideoStream, load_video
+from deepsound_rt.io.sample import sample_clip_path
+from deepsound_rt.io.video import FrameStream, read_ahead
 from deepsound_rt.models.bs_roformer import BSROFORMER_TINY, BSROFORMER_VIPERX_317, BSRoformer
 from deepsound_rt.models.bs_roformer_graph import SEPARATOR_CORE_SPEC
 from deepsound_rt.models.clip import CLIP_DFN5B_H14_384, CLIP_TINY, ClipEncoder
@@ -36,8 +36,6 @@ from deepsound_rt.models.mllm.tiny import tiny_config_json, tiny_mllm
 from deepsound_rt.models.mllm.videollama2 import VIDEOLLAMA2_1_7B_AV, VideoLLaMA2AV, VideoLLaMA2Config
 from deepsound_rt.models.mllm.vision import patch_features, siglip_so400m_config, siglip_tiny_config
 from deepsound_rt.models.mmaudio.layers import ChannelLastConv1d
-from deepsound_rt.stages import features
-from deepsound_rt.timing import Timings
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -365,27 +363,9 @@ def test_overlapped_steps_with_the_exact_levers_give_the_serial_results(serial_r
         "mllm_vision", "mllm_audio", "mllm_decoder"}
 
 
-@pytest.mark.parametrize("seconds, asked", [(2.5, 2.2), (2.5, 8.0)])
-def test_clip_features_while_decoding_equal_the_serial_ones(dev_engine, tmp_path, seconds: float,
-                                                            asked: float) -> None:
-    """Runs of CLIP frames (16: 2 s) encoded as they are decoded, then the rest, whether the clip
-    ends where it was asked to or where the video ends."""
-    video = make_test_video(tmp_path / "clip.mp4", seconds, 25, (96, 64))
-    graph = dev_engine.graphs["clip_image"]
-    timings = Timings()
-    clip, streamed = features.clip_image_features_while_decoding(graph, video, asked, timings, dev_engine.device)
-    serial_clip = load_video(video, asked)
-    assert clip.duration_s == serial_clip.duration_s and torch.equal(clip.clip_frames, serial_clip.clip_frames)
-    assert torch.equal(clip.sync_frames, serial_clip.sync_frames)
-    assert torch.equal(streamed, features.clip_image_features(graph, serial_clip.clip_frames))
-    assert [t.stage for t in timings.stages] == ["video decode", "clip"]
-
-
-def test_video_stream_and_background_hand_over_errors(tmp_path) -> None:
-    stream = VideoStream(tmp_path / "missing.mp4")
-    assert stream.clip_frames(0, 16) is None
+def test_video_read_ahead_and_background_hand_over_errors(tmp_path) -> None:
     with pytest.raises(InputError, match="no such file"):
-        stream.result()
+        list(read_ahead(FrameStream(tmp_path / "missing.mp4")))
     with pytest.raises(ZeroDivisionError):
         pipeline.Background(lambda: 1 / 0, torch.device("cpu")).result()
 

@@ -62,6 +62,19 @@ def write_output(
     return out_path
 
 
+def write_bytes(out_path: str | Path, data: bytes) -> Path:
+    """Write ``data`` (a picture, a log) to ``out_path`` through a temporary file beside it."""
+    out_path = Path(out_path)
+    temporary = _create_temporary(out_path)
+    try:
+        temporary.write_bytes(data)
+        os.replace(temporary, out_path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise OutputError(f"{out_path}: cannot write ({error.strerror or error})") from error
+    return out_path
+
+
 def check_output_path(out_path: str | Path, source_video: str | Path | None) -> Path:
     """Refuse an output we could not write, before any expensive work is done for it."""
     out_path = Path(out_path)

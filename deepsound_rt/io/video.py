@@ -4,7 +4,9 @@ Reproduces MMAudio's ``load_video``/``read_frames`` numerically: frames are resa
 presentation time (``frame.time``: seconds from 0, not from the stream's start time) onto
 8 fps (CLIP) and 25 fps (Synchformer) time grids, then resized with torchvision's bicubic,
 antialiased resize. Unlike upstream, each kept frame is converted once, on worker threads while
-the next frames decode, and only a few full-resolution frames wait at any time.
+the next frames decode, and only a few full-resolution frames wait at any time. A
+:class:`FrameStream` hands the grids' frames on in chunks as they fill, so a video of any length
+is never held whole; :func:`load_video` collects them for a short clip.
 
 One deliberate difference: upstream accumulates grid times in floating point (0 + 1/fps + ...),
 so a 25 fps source occasionally skips a frame and repeats the next one, and an exactly 8.00 s,
@@ -16,15 +18,15 @@ from __future__ import annotations
 import logging
 import math
 import os
+import queue
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from time import perf_counter
 
 import av
 import torch
@@ -119,41 +121,153 @@ class _ConvertPool:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
 
-@dataclass
+@dataclass(eq=False)
 class _TimeGridSampler:
     """Resamples decoded frames onto a ``fps`` time grid the MMAudio way: each grid slot takes
     the first frame whose time is at or after it. A slower source thus has each frame repeated
     over the slots since the previous frame (shown up to one source interval early, not held
     after), and a faster one has frames skipped. Slots after the last frame, up to the end of its
-    display, hold that frame (:meth:`hold`)."""
+    display, hold that frame (:meth:`hold`). Slots are handed on (:meth:`take`) as they fill, so
+    only those not yet taken are held here."""
 
     fps: int
     transform: Callable[[torch.Tensor], torch.Tensor]
-    frames: list[tuple[Future, int]] = field(default_factory=list)
-    """Per grid slot: the conversion job of its frame, and this sampler's place in its results."""
+    pending: deque[tuple[Future, int]] = field(default_factory=deque)
+    """Per filled slot not yet taken: the conversion job of its frame, and this sampler's place in its results."""
+    limit: int | float = math.inf
+    """Slots to fill from decoded frames (those before the requested end, or more when padded)."""
+    taken: int = 0
+    """Slots handed on so far."""
     source_time: Fraction | None = None
     """Time of the source frame the last slot took."""
 
     @property
+    def filled(self) -> int:
+        return self.taken + len(self.pending)
+
+    @property
     def next_time(self) -> Fraction:
-        return Fraction(len(self.frames), self.fps)
+        return Fraction(self.filled, self.fps)
 
-    def wants(self, time: Fraction, until: Fraction | float) -> bool:
-        return self.next_time <= time and self.next_time < until
+    def wants(self, time: Fraction) -> bool:
+        return self.next_time <= time and self.filled < self.limit
 
-    def add(self, time: Fraction, converted: Future, index: int, until: Fraction | float) -> None:
-        """Give the frame at ``time`` to every open slot at or before it, up to (not at) ``until``."""
-        while self.wants(time, until):
-            self.frames.append((converted, index))
+    def add(self, time: Fraction, converted: Future, index: int) -> None:
+        """Give the frame at ``time`` to every open slot at or before it, up to ``limit`` slots."""
+        while self.wants(time):
+            self.pending.append((converted, index))
         self.source_time = time
 
-    def hold(self, converted: Future, index: int, until: Fraction | float) -> None:
-        """Repeat a frame over the remaining slots before ``until``."""
-        while self.next_time < until:
-            self.frames.append((converted, index))
+    def hold(self, converted: Future, index: int, slots: int) -> None:
+        """Repeat a frame over the slots up to ``slots`` filled."""
+        while self.filled < slots:
+            self.pending.append((converted, index))
 
-    def stacked(self, count: int) -> torch.Tensor:
-        return torch.stack([converted.result()[index] for converted, index in self.frames[:count]])
+    def take(self, count: int) -> torch.Tensor:
+        """The next ``count`` slots' frames, (count, 3, S, S) uint8; they are no longer held here."""
+        frames = [self.pending.popleft() for _ in range(count)]
+        self.taken += count
+        return torch.stack([converted.result()[index] for converted, index in frames])
+
+
+@dataclass
+class FrameChunk:
+    """Consecutive slots of one grid: ``frames[i]`` fills slot ``first + i`` of the ``kind`` grid
+    (``clip``: 8 fps at 384 px, ``sync``: 25 fps at 224 px), uint8 as in :class:`VideoClip`."""
+
+    kind: str
+    first: int
+    frames: torch.Tensor
+
+
+class FrameStream:
+    """The frames :func:`load_video` returns, handed on in chunks while the video decodes, so that
+    a video of any length is never held whole: iterate it for :class:`FrameChunk`s (each grid's
+    in slot order, at most ``chunk`` slots each). Once iterated, ``duration_s``, ``fps``,
+    ``width``, ``height`` and ``has_audio`` describe the video as :class:`VideoClip` does.
+
+    ``pad(duration) -> (clip slots, sync slots)`` asks for more slots than the video fills
+    (windows that end past it): the slots after the video's end hold its last frame, as the
+    slots up to the end of its display do.
+    """
+
+    def __init__(self, path: str | Path, duration_s: float | None = DEFAULT_DURATION_S, chunk: int = 16,
+                 pad: Callable[[Fraction], tuple[int, int]] | None = None):
+        self.path = Path(path)
+        if duration_s is not None and not duration_s > 0:
+            raise InputError(f"{self.path}: requested duration must be positive, got {duration_s}")
+        if duration_s is not None and duration_s < MIN_DURATION_S:
+            raise InputError(f"{self.path}: requested duration {duration_s} s is below the minimum {MIN_DURATION_S} s")
+        self.end: Fraction | float = math.inf if duration_s is None else Fraction(duration_s)
+        self.chunk, self.pad = chunk, pad
+        self.duration: Fraction | None = None
+        self.fps: Fraction | None = None
+        self.width = self.height = 0
+        self.has_audio = False
+        self.counts: tuple[int, int] | None = None
+        """(clip, sync) slots handed on in all, padding included."""
+
+    @property
+    def duration_s(self) -> float:
+        return float(self.duration)
+
+    def __iter__(self) -> Iterator[FrameChunk]:
+        samplers = {"clip": _TimeGridSampler(CLIP_FPS, clip_transform), "sync": _TimeGridSampler(SYNC_FPS, sync_transform)}
+        end, path = self.end, self.path
+        for sampler in samplers.values():
+            sampler.limit = math.ceil(sampler.fps * end) if end < math.inf else math.inf  # slots before ``end``
+        padded = self.pad is None
+        last: _LastFrame | None = None
+        with open_media(path) as container, _ConvertPool() as pool:
+            stream = first_video_stream(container, path)
+            stream.thread_type = "AUTO"
+            self.fps = stream.guessed_rate or stream.average_rate
+            self.has_audio = bool(container.streams.audio)
+            video_end: Fraction | float = math.inf  # until the last frame is known
+            for frame in _decode(container, stream, path):
+                if frame.pts is None or frame.time_base is None:
+                    raise InputError(f"{path}: video frames carry no timestamps; remux it into .mp4 first")
+                time = frame.pts * frame.time_base  # exact, unlike the float frame.time
+                if time < 0:
+                    continue
+                self.width, self.height = frame.width, frame.height
+                if time >= end and not padded:  # the duration is ``end``: padded slots take the frames after it
+                    padded = True
+                    for sampler, wanted in zip(samplers.values(), self.pad(end)):
+                        sampler.limit = max(sampler.limit, wanted)
+                wanting = [sampler for sampler in samplers.values() if sampler.wants(time)]
+                if wanting:
+                    converted = pool.submit(frame, [sampler.transform for sampler in wanting])
+                    for index, sampler in enumerate(wanting):
+                        sampler.add(time, converted, index)
+                if time >= end and all(sampler.filled >= sampler.limit for sampler in samplers.values()):
+                    break  # every slot asked for is filled
+                last = _LastFrame(frame, time, last.time if last is not None else None)
+                # A filled slot may still lie past the end (known only at the last frame): keep one.
+                for kind, sampler in samplers.items():
+                    while len(sampler.pending) > self.chunk:
+                        yield FrameChunk(kind, sampler.taken, sampler.take(self.chunk))
+            else:
+                if last is not None:
+                    video_end = last.time + last.display_seconds(self.fps)
+                    until = min(end, video_end)
+                    _hold_last_frame(last, samplers.values(), lambda sampler: math.ceil(sampler.fps * until), pool)
+                    _warn_if_truncated(path, container, stream, video_end, end)
+            if not samplers["sync"].filled:
+                raise InputError(f"{path}: no decodable video frames")
+            self.duration = duration = min(end, video_end)
+            counts = [math.floor(sampler.fps * duration) for sampler in samplers.values()]
+            if counts[1] < SYNC_SEGMENT_FRAMES:
+                raise InputError(f"{path}: video is only {float(duration):.2f} s long; at least {MIN_DURATION_S} s is needed")
+            if self.pad is not None:
+                counts = [max(count, wanted) for count, wanted in zip(counts, self.pad(duration))]
+                if last is not None and video_end < math.inf:  # the video ended: padded slots hold its last frame
+                    wanted = dict(zip(samplers.values(), counts))
+                    _hold_last_frame(last, samplers.values(), wanted.__getitem__, pool)
+            self.counts = (counts[0], counts[1])
+            for (kind, sampler), count in zip(samplers.items(), counts):
+                while sampler.taken < count:
+                    yield FrameChunk(kind, sampler.taken, sampler.take(min(self.chunk, count - sampler.taken)))
 
 
 def load_video(path: str | Path, duration_s: float | None = DEFAULT_DURATION_S) -> VideoClip:
@@ -163,121 +277,61 @@ def load_video(path: str | Path, duration_s: float | None = DEFAULT_DURATION_S) 
     frame's display ends (its time plus its duration), whatever the frame rate: grid slots after
     the last frame hold it. Anything shorter than ``MIN_DURATION_S`` is refused, since the sync
     model cannot see a single segment. A file that decodes to less than its container claims
-    (truncated) is used for what decodes, with a warning that says both lengths.
+    (truncated) is used for what decodes, with a warning that says both lengths. Every frame is
+    held at once: for long videos, iterate a :class:`FrameStream` instead.
     """
-    return _decode_clip(Path(path), duration_s, _TimeGridSampler(CLIP_FPS, clip_transform),
-                        _TimeGridSampler(SYNC_FPS, sync_transform), lambda: None)
+    stream = FrameStream(path, duration_s)
+    chunks: dict[str, list[torch.Tensor]] = {"clip": [], "sync": []}
+    for chunk in stream:
+        chunks[chunk.kind].append(chunk.frames)
+    return VideoClip(
+        duration_s=stream.duration_s,
+        fps=stream.fps,
+        clip_frames=torch.cat(chunks["clip"]),
+        sync_frames=torch.cat(chunks["sync"]),
+        width=stream.width,
+        height=stream.height,
+        has_audio=stream.has_audio,
+    )
 
 
-class VideoStream:
-    """:func:`load_video` on a worker thread, handing over CLIP frames as they are decoded, so that
-    a GPU can encode the first frames while the CPU decodes the rest."""
+def read_ahead(stream: FrameStream, depth: int = 4) -> Iterator[FrameChunk]:
+    """``stream``'s chunks, decoded on a worker thread up to ``depth`` chunks ahead of the caller
+    (``EngineConfig.overlap``: the encoders work on one chunk while the next decodes); its errors
+    are raised here, in order."""
+    handed: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
 
-    def __init__(self, path: str | Path, duration_s: float | None = DEFAULT_DURATION_S):
-        self._clip = _TimeGridSampler(CLIP_FPS, clip_transform)
-        self._sync = _TimeGridSampler(SYNC_FPS, sync_transform)
-        self._changed = threading.Condition()
-        self._result: VideoClip | None = None
-        self._error: BaseException | None = None
-        self._done = False
-        self.seconds = 0.0
-        """How long decoding took, once it is done."""
-        self._thread = threading.Thread(target=self._decode, args=(Path(path), duration_s), daemon=True,
-                                        name="deepsound-video")
-        self._thread.start()
-
-    def _notify(self) -> None:
-        with self._changed:
-            self._changed.notify_all()
-
-    def _decode(self, path: Path, duration_s: float | None) -> None:
-        started = perf_counter()
-        try:
-            self._result = _decode_clip(path, duration_s, self._clip, self._sync, self._notify)
-        except BaseException as error:  # handed to the caller of result()
-            self._error = error
-        self.seconds = perf_counter() - started
-        with self._changed:
-            self._done = True
-            self._changed.notify_all()
-
-    def clip_frames(self, start: int, count: int) -> torch.Tensor | None:
-        """CLIP frames ``start`` to ``start + count - 1`` (uint8, as in :class:`VideoClip`) once they
-        are decoded; None if decoding ended and the clip does not hold them all (or decoding failed:
-        see :meth:`result`)."""
-        with self._changed:
-            self._changed.wait_for(lambda: len(self._clip.frames) >= start + count or self._done)
-            beyond_clip = self._done and (self._result is None or start + count > len(self._result.clip_frames))
-            if beyond_clip or len(self._clip.frames) < start + count:
-                return None
-            slots = self._clip.frames[start : start + count]
-        try:
-            return torch.stack([converted.result()[index] for converted, index in slots])
-        except CancelledError:  # frames past the clip's end, dropped when decoding ended
-            return None
-
-    def result(self) -> VideoClip:
-        """The whole clip, as :func:`load_video` returns it (its errors are raised here)."""
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._result
-
-
-def _decode_clip(path: Path, duration_s: float | None, clip: _TimeGridSampler, sync: _TimeGridSampler,
-                 added: Callable[[], None]) -> VideoClip:
-    """The decoding loop of :func:`load_video`; ``added`` is called whenever the samplers grew."""
-    if duration_s is not None and not duration_s > 0:
-        raise InputError(f"{path}: requested duration must be positive, got {duration_s}")
-    if duration_s is not None and duration_s < MIN_DURATION_S:
-        raise InputError(f"{path}: requested duration {duration_s} s is below the minimum {MIN_DURATION_S} s")
-    end: Fraction | float = math.inf if duration_s is None else Fraction(duration_s)
-    samplers = (clip, sync)
-    width = height = 0
-    last: _LastFrame | None = None
-    with open_media(path) as container, _ConvertPool() as pool:
-        stream = first_video_stream(container, path)
-        stream.thread_type = "AUTO"
-        fps = stream.guessed_rate or stream.average_rate
-        has_audio = bool(container.streams.audio)
-        video_end: Fraction | float = math.inf  # until the last frame is known
-        for frame in _decode(container, stream, path):
-            if frame.pts is None or frame.time_base is None:
-                raise InputError(f"{path}: video frames carry no timestamps; remux it into .mp4 first")
-            time = frame.pts * frame.time_base  # exact, unlike the float frame.time
-            if time < 0:
+    def offer(item) -> bool:
+        """Hand ``item`` on unless the caller stopped reading."""
+        while not stop.is_set():
+            try:
+                handed.put(item, timeout=0.1)
+                return True
+            except queue.Full:
                 continue
-            width, height = frame.width, frame.height
-            wanting = [sampler for sampler in samplers if sampler.wants(time, end)]
-            if wanting:
-                converted = pool.submit(frame, [sampler.transform for sampler in wanting])
-                for index, sampler in enumerate(wanting):
-                    sampler.add(time, converted, index, end)
-                added()
-            if time >= end:  # every slot before ``end`` is taken
-                break
-            last = _LastFrame(frame, time, last.time if last is not None else None)
-        else:
-            if last is not None:
-                video_end = last.time + last.display_seconds(fps)
-                _hold_last_frame(last, samplers, min(end, video_end), pool)
-                added()
-                _warn_if_truncated(path, container, stream, video_end, end)
-        if not sync.frames:
-            raise InputError(f"{path}: no decodable video frames")
-        duration = min(end, video_end)
-        clip_count, sync_count = math.floor(CLIP_FPS * duration), math.floor(SYNC_FPS * duration)
-        if sync_count < SYNC_SEGMENT_FRAMES:
-            raise InputError(f"{path}: video is only {float(duration):.2f} s long; at least {MIN_DURATION_S} s is needed")
-        return VideoClip(
-            duration_s=float(duration),
-            fps=fps,
-            clip_frames=clip.stacked(clip_count),
-            sync_frames=sync.stacked(sync_count),
-            width=width,
-            height=height,
-            has_audio=has_audio,
-        )
+        return False
+
+    def decode() -> None:
+        try:
+            for chunk in stream:
+                if not offer(chunk):
+                    return
+            offer(end)
+        except BaseException as error:  # handed to the caller
+            offer(error)
+
+    worker = threading.Thread(target=decode, daemon=True, name="deepsound-video")
+    worker.start()
+    try:
+        while (item := handed.get()) is not end:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join()
 
 
 @dataclass
@@ -297,18 +351,18 @@ class _LastFrame:
         return 1 / Fraction(fps or SYNC_FPS)
 
 
-def _hold_last_frame(last: _LastFrame, samplers: tuple[_TimeGridSampler, ...], until: Fraction | float,
+def _hold_last_frame(last: _LastFrame, samplers, slots: Callable[[_TimeGridSampler], int],
                      pool: _ConvertPool) -> None:
-    """Fill every sampler's slots up to ``until`` with the last frame (converted once more for
-    the samplers whose last slot took an earlier frame)."""
-    short = [sampler for sampler in samplers if sampler.next_time < until]
-    converting = [sampler for sampler in short if sampler.source_time != last.time]
+    """Fill each sampler's slots up to ``slots(sampler)`` with the last frame (converted once more
+    for the samplers whose last slot took an earlier frame)."""
+    short = [sampler for sampler in samplers if sampler.filled < slots(sampler)]
+    converting = [sampler for sampler in short if sampler.source_time != last.time or not sampler.pending]
     converted = pool.submit(last.frame, [sampler.transform for sampler in converting]) if converting else None
     for sampler in short:
         if sampler in converting:
-            sampler.hold(converted, converting.index(sampler), until)
+            sampler.hold(converted, converting.index(sampler), slots(sampler))
         else:
-            sampler.hold(*sampler.frames[-1], until)
+            sampler.hold(*sampler.pending[-1], slots(sampler))
 
 
 def _warn_if_truncated(path: Path, container: av.container.InputContainer, stream: av.video.stream.VideoStream,

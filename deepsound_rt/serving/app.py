@@ -51,7 +51,7 @@ class JobForm(BaseModel):
     prompt: str = Field(default_of(RunOptions, "prompt"), max_length=1000)
     negative_prompt: str = Field(default_of(RunOptions, "negative_prompt"), max_length=1000)
     duration: float | None = Field(default_of(RunOptions, "duration"), ge=MIN_DURATION_S,
-                                   description="seconds of audio (default 8)")
+                                   description="seconds of audio (default: the whole clip)")
     seed: int = Field(default_of(RunOptions, "seed"), description="noise seed, in [0, 2**63)")
 
 
