@@ -87,7 +87,8 @@ def load_backend_graphs(backend: str | Mapping[str, str] | None, export_dir: str
     lengths), its files must match their hashes (``check_files``), and, when ``models`` are given,
     its weights must be theirs (dtype casts allowed); each violation is an ``ExportError``.
     ``models`` may be ``None`` when no graph runs on torch. TensorRT engines are cached in
-    ``engine_cache_dir`` (default: ``<export_dir>/tensorrt``) and built at ``dtype``'s precision.
+    ``engine_cache_dir`` (default: ``<export_dir>/tensorrt``) and built at the export's precision
+    (``deepsound-rt export --dtype``), whatever ``dtype`` the torch graphs run in.
     """
     from ..export.manifest import ENGINE_CACHE_DIR, ExportError, ExportManifest, weights_fingerprint
     from .torch_backend import TorchBackend
@@ -120,7 +121,7 @@ def load_backend_graphs(backend: str | Mapping[str, str] | None, export_dir: str
         graphs[name] = torch_backend.load(name, _torch_module(name, modules, device))
     if from_export:
         cache_dir = Path(engine_cache_dir) if engine_cache_dir is not None else export_dir / ENGINE_CACHE_DIR
-        loaders = _export_loaders(device, dtype, cache_dir)
+        loaders = _export_loaders(device, cache_dir, manifest)
         for name in from_export:
             record = manifest.graphs[name]
             graph = loaders[choice[name]](name, export_dir, record)
@@ -141,19 +142,20 @@ def _torch_module(name: str, generator_modules: Mapping[str, torch.nn.Module], d
     return generator_modules[name]
 
 
-def _export_loaders(device: torch.device, dtype: torch.dtype, cache_dir: Path) -> dict:
+def _export_loaders(device: torch.device, cache_dir: Path, manifest: ExportManifest) -> dict:
     """backend name -> (name, export_dir, record) -> graph; each runtime imported only when used."""
 
     def onnxruntime(name, export_dir, record):
         from .onnxruntime_backend import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(device, dtype, tensorrt_cache_dir=cache_dir / "onnxruntime").load(
-            name, export_dir / record.onnx_file)
+        return OnnxRuntimeBackend(device, tensorrt_cache_dir=cache_dir / "onnxruntime",
+                                  export_dtype=manifest.precision).load(name, export_dir / record.onnx_file, record)
 
     def tensorrt(name, export_dir, record):
-        from .tensorrt_backend import DTYPE_PRECISIONS, TensorRTBackend
+        from .tensorrt_backend import TensorRTBackend
 
-        return TensorRTBackend(device, DTYPE_PRECISIONS[dtype], cache_dir).load(name, export_dir, record)
+        return TensorRTBackend(device, cache_dir, manifest.precision, opset=manifest.opset).load(
+            name, export_dir, record)
 
     return {"onnxruntime": onnxruntime, "tensorrt": tensorrt}
 
