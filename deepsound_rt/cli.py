@@ -80,8 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, required=True, help="export directory (new, empty or a previous export)")
     export.add_argument("--weights", type=Path, help="directory with the official checkpoint files")
     export.add_argument("--random-weights", action="store_true", help="full-size graphs with random weights")
-    export.add_argument("--dtype", default="fp32", choices=["fp32"],
-                        help="graph precision; TensorRT picks fp16/bf16 when it builds its engines")
+    export.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
+                        help="graph precision (fp32; bf16/fp16: typed graphs, which TensorRT builds at that precision)")
     export.add_argument("--duration", type=float, default=8.0, help="clip seconds baked into the flow graphs (8)")
     export.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime parity check")
 
@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--export", type=Path,
                         help="instead: run each graph of this export on ONNX Runtime and its torch module, compare")
     verify.add_argument("--weights", type=Path, help="with --export: the weights the export was made from")
+    verify.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"],
+                        help="with --export: run the graphs on ONNX Runtime (CPU) or TensorRT (CUDA GPU)")
     sub.add_parser("bench", help="per-stage latency, every variant side by side (deepsound-rt bench --help)")
     return parser
 
@@ -158,7 +160,7 @@ def _verify(args: argparse.Namespace) -> int:
     if args.export is not None:
         from .verify.export_parity import run_export_verify
 
-        return run_export_verify(args.export, args.weights)
+        return run_export_verify(args.export, args.weights, args.backend)
     from .verify.report import run_verify
 
     return run_verify(goldens=args.goldens, manifests_dir=args.manifests, manifests=args.manifest)

@@ -15,8 +15,8 @@ from .manifest import ENGINE_CACHE_DIR, MANIFEST_NAME, ExportError, ExportManife
     weights_fingerprint
 from .onnx import OPSET, graph_files, tensor_specs, tensorrt_incompatibilities
 from .registry import GRAPH_SPECS, ExportContext, default_graphs
+from .typed import EXPORT_DTYPES
 
-EXPORT_DTYPES = ("fp32",)
 _EXPORT_SUFFIXES = (".onnx", ".onnx.data", ".partial")
 
 
@@ -28,8 +28,9 @@ def export_preset(preset_name: str, out_dir: str | Path, weights: str | Path | N
     separator's and the MLLM's four) of ``preset_name`` for clips of ``duration_s`` seconds into
     ``out_dir`` and return the manifest written there.
 
-    Graphs are fp32: ONNX Runtime on a CPU wants fp32, and TensorRT picks fp16/bf16 when it
-    builds its engine, so one export serves every precision. The duration's sequence lengths
+    ``dtype`` is the graphs' type: ``fp32`` for ONNX Runtime on a CPU (and fp32/tf32 TensorRT
+    engines), ``bf16``/``fp16`` for 16-bit TensorRT engines (TensorRT 11 takes the precision from
+    the graph; see :mod:`.typed`). The detector ships as fp32 and stays so. The duration's sequence lengths
     (rotary tables, the sync up-sampling map) are baked into the flow graphs; the encoders and
     decoders keep dynamic lengths up to the duration's.
     """
@@ -37,8 +38,7 @@ def export_preset(preset_name: str, out_dir: str | Path, weights: str | Path | N
     if preset_name not in PRESETS:
         raise ExportError(f"unknown preset '{preset_name}' (choose from {', '.join(sorted(PRESETS))})")
     if dtype not in EXPORT_DTYPES:
-        raise ExportError(f"export dtype '{dtype}' is not offered: graphs are exported in fp32 and TensorRT "
-                          "chooses fp16/bf16 when it builds the engine (export/build_tensorrt.py --precision)")
+        raise ExportError(f"export dtype '{dtype}' is not offered (use {', '.join(EXPORT_DTYPES)})")
     preset = PRESETS[preset_name]
     names = list(default_graphs(preset) if graphs is None else graphs)
     unknown = [name for name in names if name not in GRAPH_SPECS]
@@ -47,7 +47,7 @@ def export_preset(preset_name: str, out_dir: str | Path, weights: str | Path | N
     lengths = sequence_lengths_for(preset_name, duration_s)
     random = preset.random_weights or random_weights
     ctx = ExportContext(preset, duration_s, lengths, weights=None if weights is None else Path(weights),
-                        random_weights=random_weights)
+                        random_weights=random_weights, dtype=dtype)
     source = _weights_source(ctx, random)  # before any work: a missing weight file fails fast
     out_dir = _prepare_out_dir(Path(out_dir))
 

@@ -24,6 +24,7 @@ from . import steps
 from .detector import detector_example_inputs, load_detector_module, write_detector_onnx
 from .manifest import AxisRange
 from .onnx import trace_to_onnx
+from .typed import typed_inputs, typed_modules
 
 INPUT_SEED = 1234
 PROMPTS = ("waves crashing on rocks", "")
@@ -38,7 +39,9 @@ class ExportContext:
     lengths: Mapping[str, int]  # latent, clip, sync tokens
     weights: Path | None = None
     random_weights: bool = False
+    dtype: str = "fp32"  # the export's: bf16/fp16 graphs are traced from typed copies of the modules
     _modules: dict[str, Mapping[str, nn.Module]] = field(default_factory=dict)
+    _typed: dict[str, Mapping[str, nn.Module]] = field(default_factory=dict)
 
     @property
     def sync_frames(self) -> int:
@@ -53,10 +56,18 @@ class ExportContext:
     def module(self, spec: GraphSpec) -> nn.Module:
         return self.modules(spec.family)[spec.name]
 
+    def typed_modules(self, family: str) -> Mapping[str, nn.Module]:
+        """The family's modules in the export's dtype (the fp32 ones themselves for fp32), cast once."""
+        if self.dtype == "fp32":
+            return self.modules(family)
+        if family not in self._typed:
+            self._typed[family] = typed_modules(self.modules(family), self.dtype)
+        return self._typed[family]
+
 
 InputBuilder = Callable[[ExportContext, Mapping[str, int]], dict[str, torch.Tensor]]
 Outputs = Callable[[], dict[str, torch.Tensor]]
-ParityRuns = Callable[[ExportContext, Graph], tuple[Outputs, Outputs]]
+ParityRuns = Callable[[ExportContext, Graph, bool], tuple[Outputs, Outputs]]
 
 
 @dataclass(frozen=True)
@@ -69,7 +80,8 @@ class GraphSpec:
     really is dynamic). ``write_onnx`` replaces tracing for graphs that ship as ONNX. ``parity``
     replaces the one-call check where one call proves too little (the decoder: a prefill, then a
     step on the cache the graph returned): it gives (torch run, graph run), each returning named
-    outputs. Parity passes when max |ort - torch| <= atol + rtol * max |torch|.
+    outputs, the torch run in the export's dtype when asked (``typed``). Parity passes when
+    max |ort - torch| <= atol + rtol * max |torch| (typed graphs: ``verify.export_parity``).
     """
 
     name: str
@@ -87,21 +99,27 @@ class GraphSpec:
             self.write_onnx(path)
             return
         opt_sizes = {axis: size.opt for axis, size in self.axes(ctx).items()}
-        trace_to_onnx(ctx.module(self), self.inputs(ctx, opt_sizes), self.axes(ctx), path)
+        module = ctx.typed_modules(self.family)[self.name]
+        inputs = typed_inputs(self.inputs(ctx, opt_sizes), ctx.dtype, module.signature.fp32_inputs)
+        trace_to_onnx(module, inputs, self.axes(ctx), path)
 
     def check_inputs(self, ctx: ExportContext) -> dict[str, torch.Tensor]:
         sizes = {axis: size.opt for axis, size in self.axes(ctx).items()} | self.check_sizes(ctx)
         return self.inputs(ctx, sizes)
 
-    def parity_runs(self, ctx: ExportContext, graph: Graph) -> tuple[Outputs, Outputs]:
-        """(torch run, graph run) for ``verify``: by default the module and the graph on ``check_inputs``."""
+    def parity_runs(self, ctx: ExportContext, graph: Graph, typed: bool = False) -> tuple[Outputs, Outputs]:
+        """(torch run, graph run) for ``verify``: by default the module and the graph on
+        ``check_inputs``; ``typed``: the torch run in the export's dtype, fed as the torch backend
+        feeds it."""
         if self.parity is not None:
-            return self.parity(ctx, graph)
-        module, inputs = ctx.module(self), self.check_inputs(ctx)
+            return self.parity(ctx, graph, typed)
+        module = (ctx.typed_modules if typed else ctx.modules)(self.family)[self.name]
+        inputs = self.check_inputs(ctx)
+        torch_inputs = typed_inputs(inputs, ctx.dtype, module.signature.fp32_inputs) if typed else inputs
 
         def on_torch() -> dict[str, torch.Tensor]:
             with torch.inference_mode():
-                outputs = module(*(inputs[name] for name in module.signature.inputs))
+                outputs = module(*(torch_inputs[name] for name in module.signature.inputs))
             return dict(zip(module.signature.outputs, outputs if isinstance(outputs, tuple) else (outputs,)))
 
         return on_torch, lambda: graph.run(inputs)

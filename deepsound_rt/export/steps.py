@@ -80,8 +80,8 @@ def mllm_modules(ctx: ExportContext) -> dict[str, nn.Module]:
             MLLM_DECODER: MllmDecoderGraph(model).eval()}
 
 
-def _mllm(ctx: ExportContext) -> VideoLLaMA2AV:
-    return ctx.modules("mllm")[VIDEOLLAMA2]
+def _mllm(ctx: ExportContext, typed: bool = False) -> VideoLLaMA2AV:
+    return (ctx.typed_modules if typed else ctx.modules)("mllm")[VIDEOLLAMA2]
 
 
 def _rng() -> torch.Generator:
@@ -146,11 +146,11 @@ def decoder_inputs(ctx: ExportContext, sizes: Mapping[str, int]) -> dict[str, to
     return inputs | {name: torch.randn(cache_shape, generator=rng) for name in module.signature.inputs[2:]}
 
 
-def decoder_parity(ctx: ExportContext, graph: Graph) -> tuple[Callable[[], dict], Callable[[], dict]]:
+def decoder_parity(ctx: ExportContext, graph: Graph, typed: bool = False) -> tuple[Callable[[], dict], Callable[[], dict]]:
     """A prefill of a few embedded tokens (several logit rows) and one decoding step on the cache
-    it returned: the torch MLLM over a transformers cache (the torch stage) against the graph
-    driven by :class:`ExportedDecoder` (the exported stage)."""
-    model = _mllm(ctx)
+    it returned: the torch MLLM over a transformers cache (the torch stage; ``typed``: in the
+    export's dtype) against the graph driven by :class:`ExportedDecoder` (the exported stage)."""
+    model = _mllm(ctx, typed)
     ids = torch.randint(model.config.llm.vocab_size, (1, DECODER_CHECK_TOKENS + 1), generator=_rng())
     with torch.inference_mode():
         prompt, step = model.embed(ids[:, :-1]), model.embed(ids[:, -1:])
