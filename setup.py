@@ -74,6 +74,9 @@ setup(
         "silero-vad>=6",
         "onnxruntime",
     ],
+    # The versions the TensorRT backend is written for (see README: never run here). onnxruntime-gpu
+    # replaces the CPU onnxruntime above (both install the module `onnxruntime`): README, GPU extra.
+    extras_require={"gpu": ["tensorrt>=10.0,<12", "onnxruntime-gpu>=1.27,<2"]},
     ext_modules=[CMakeExtension("deepsound_rt._kernels", ROOT)],
     cmdclass={"build_ext": CMakeBuild},
     entry_points={"console_scripts": ["deepsound-rt=deepsound_rt.cli:main"]},

@@ -542,3 +542,21 @@ def test_the_op_check_names_what_tensorrt_would_reject():
         [helper.make_node("Relu", ["x"], ["y"])], "ok", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])]), opset_imports=[helper.make_opsetid("", 18)])
     assert tensorrt_incompatibilities(clean) == [] and onnx.checker.check_model(clean) is None
+
+
+def test_the_gpu_extra_pins_the_versions_the_backend_is_written_for():
+    """`pip install deepsound_rt[gpu]` must install a TensorRT whose major the backend takes and an
+    onnxruntime-gpu whose TensorRT provider runs it (setup.py read as text: it is not importable)."""
+    import ast
+    import re
+
+    from deepsound_rt.backends.onnxruntime_backend import TENSORRT_11_ONNXRUNTIME
+    from deepsound_rt.backends.tensorrt_backend import TENSORRT_MAJORS
+
+    setup = ast.parse((Path(__file__).parents[1] / "setup.py").read_text())
+    extras = next(k.value for node in ast.walk(setup) if isinstance(node, ast.Call)
+                  for k in node.keywords if k.arg == "extras_require")
+    pins = dict(re.match(r"([\w-]+)(.*)", pin).groups() for pin in ast.literal_eval(extras)["gpu"])
+    low, high = re.fullmatch(r">=(\d+)\.0,<(\d+)", pins["tensorrt"]).groups()
+    assert tuple(range(int(low), int(high))) == TENSORRT_MAJORS
+    assert pins["onnxruntime-gpu"].startswith(">=" + ".".join(map(str, TENSORRT_11_ONNXRUNTIME)) + ",")
