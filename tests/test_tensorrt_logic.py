@@ -155,7 +155,8 @@ def test_dtype_names_of_every_runtime_map_to_torch():
 
 @pytest.fixture(params=[tensorrt_10, tensorrt_11], ids=["tensorrt10", "tensorrt11"])
 def trt(request):
-    """A fresh stand-in for each major version: every test below runs against both."""
+    """A fresh stand-in for each major version: every test below runs against both, and checks our
+    calls against the stand-in's names and return conventions, not against the real API."""
     return request.param()
 
 

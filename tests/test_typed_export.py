@@ -67,6 +67,18 @@ def test_a_bf16_export_matches_torch_on_onnxruntime(bf16_export):
     assert typed == set(TYPED_SUBSET) - {"detector"}
 
 
+def test_verify_on_tensorrt_without_tensorrt_is_a_one_line_error(bf16_export, capsys):
+    import importlib.util
+
+    from deepsound_rt.cli import main
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed here")
+    assert main(["verify", "--export", str(bf16_export), "--backend", "tensorrt"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "tensorrt" in error and "deepsound_rt[gpu]" in error and "\n" not in error
+
+
 class TimeEmbedding(torch.nn.Module):
     """sin/cos of t·f for f up to 1000 then a linear layer: the angles need float32 (in bf16,
     t·1000 is off by up to 2), as MMAudio's timestep embedding does. ``island=False`` loses it."""

@@ -270,13 +270,12 @@ def use_timing_cache(config, path: Path):
     """Attach the timing cache stored at ``path`` (empty when there is none) with strict checks.
 
     ``ignore_mismatch=False``: a cache recorded on another device is refused by TensorRT (its header
-    warns of functional and performance bugs otherwise); the build then starts from an empty cache,
-    as it does from an unreadable one.
+    warns of functional and performance bugs otherwise); the build then starts from an empty cache.
     """
     with file_lock(path):
         stored = path.read_bytes() if path.is_file() else b""
-    timing = config.create_timing_cache(stored)  # None for bytes TensorRT cannot read
-    if timing is None or not config.set_timing_cache(timing, ignore_mismatch=False):
+    timing = config.create_timing_cache(stored)
+    if not config.set_timing_cache(timing, ignore_mismatch=False):
         timing = config.create_timing_cache(b"")
         if not config.set_timing_cache(timing, ignore_mismatch=False):
             raise DeepSoundError("TensorRT refused an empty timing cache")
