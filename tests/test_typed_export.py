@@ -17,8 +17,9 @@ import torch
 from onnx import TensorProto, helper
 
 from deepsound_rt.backends.onnxruntime_backend import OnnxRuntimeBackend, float_compute_model
+from deepsound_rt.cli import main
 from deepsound_rt.config import PRESETS
-from deepsound_rt.export import ExportManifest, export_preset
+from deepsound_rt.export import ExportManifest
 from deepsound_rt.export.manifest import sequence_lengths_for
 from deepsound_rt.export.onnx import trace_to_onnx
 from deepsound_rt.models.spec import ExportContext, GraphSpec
@@ -31,8 +32,10 @@ DURATION_S = 2.0
 
 @pytest.fixture(scope="module")
 def bf16_export(tmp_path_factory) -> Path:
+    """``deepsound-rt export --dtype bf16`` (its parity check is the test below)."""
     out = tmp_path_factory.mktemp("exports") / "dev_bf16"
-    export_preset("dev", out, dtype="bf16", duration_s=DURATION_S, graphs=TYPED_SUBSET)
+    assert main(["export", "--preset", "dev", "--dtype", "bf16", "--duration", str(DURATION_S), "--graphs",
+                 *TYPED_SUBSET, "--out", str(out), "--no-verify"]) == 0
     return out
 
 
@@ -71,8 +74,6 @@ def test_a_bf16_export_matches_torch_on_onnxruntime(bf16_export):
 
 def test_verify_on_tensorrt_without_tensorrt_is_a_one_line_error(bf16_export, capsys):
     import importlib.util
-
-    from deepsound_rt.cli import main
 
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("TensorRT is installed here")
