@@ -19,7 +19,7 @@ def _add_engine_args(parser: argparse.ArgumentParser, default_preset: str) -> No
     """What to load and how to run it (EngineConfig), shared by run, demo and serve; choices and
     defaults are EngineConfig's."""
     from .config import PRESETS
-    from .options import BACKEND_CHOICES, DTYPES, KERNEL_SETTINGS, EngineConfig, default_of
+    from .options import BACKEND_CHOICES, COMPILE_BACKENDS, DTYPES, KERNEL_SETTINGS, EngineConfig, default_of
 
     engine = functools.partial(default_of, EngineConfig)
     parser.add_argument("--preset", default=default_preset, choices=sorted(PRESETS),
@@ -44,6 +44,17 @@ def _add_engine_args(parser: argparse.ArgumentParser, default_preset: str) -> No
     parser.add_argument("--kernels", default=engine("kernels"), choices=KERNEL_SETTINGS,
                         help="our fused kernels: auto = where built for the device, on = required, off = torch ops "
                              "(default: %(default)s, from $DEEPSOUND_RT_KERNELS when set)")
+    speed = parser.add_argument_group("speed levers (off by default; results equal, fp8 approximates)")
+    speed.add_argument("--static-decode", action="store_true", default=engine("static_decode"),
+                       help="MLLM decoding with a static KV cache, greedy on the device (a CUDA graph per token on a GPU)")
+    speed.add_argument("--compile", action="store_const", const=COMPILE_BACKENDS[0], default=engine("compile"),
+                       help="torch.compile (%(const)s) the velocity step and the separator core, once per duration")
+    speed.add_argument("--fp8", action="store_true", default=engine("fp8"),
+                       help="FP8 matmuls in the flow network (Hopper GPUs; ~5%% error)")
+    speed.add_argument("--overlap", action="store_true", default=engine("overlap"),
+                       help="plan beside step 1, video decoding beside CLIP, the judge's encoders ahead of it")
+    speed.add_argument("--sdpa-encoders", action="store_true", default=engine("sdpa_encoders"),
+                       help="BEATs attention through SDPA")
     models = parser.add_argument_group("models of the DeepSound steps")
     models.add_argument("--judge-mllm", type=Path,
                         help="another checkpoint for the cot/qa judge, e.g. VideoLLaMA2.1-7B-AV-QA (default: --mllm)")
@@ -165,7 +176,9 @@ def _engine_config_from_args(args: argparse.Namespace):
                         device=args.device, dtype=args.dtype, num_steps=args.num_steps, cfg_strength=args.cfg,
                         verify_checksums=not args.no_checksum, mllm=args.mllm, judge_mllm=args.judge_mllm,
                         siglip=args.siglip, separator=args.separator, vad_min_speech_share=args.vad_share,
-                        backend=args.backend, export=args.export, cuda_graphs=args.cuda_graphs, kernels=args.kernels)
+                        backend=args.backend, export=args.export, cuda_graphs=args.cuda_graphs, kernels=args.kernels,
+                        static_decode=args.static_decode, compile=args.compile, fp8=args.fp8, overlap=args.overlap,
+                        sdpa_encoders=args.sdpa_encoders)
 
 
 def _engine_from_args(args: argparse.Namespace):

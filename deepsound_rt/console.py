@@ -82,6 +82,7 @@ def print_steps(result: "DeepSoundResult", where: str, console: Console | None =
     for record in result.steps:
         table.add_row(record.step, record.decision, f"{record.seconds:.3f}")
     table.add_row("total", "", f"{sum(r.seconds for r in result.steps):.3f}", style="bold")
+    table.add_row("wall time", "steps overlap with --overlap", f"{result.wall_seconds:.3f}")
     console.print(table)
     for record in result.steps:
         if "timings" in record.details:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -17,7 +17,8 @@ import torch
 from . import kernels
 from .backends import GraphLoader, check_export_duration
 from .backends.base import Graph
-from .backends.cuda_graphs import CudaGraphTorchGraph
+from .backends.fp8 import convert_flow_to_fp8, has_fp8_kernel
+from .backends.torch_backend import TorchGraph
 from .config import DEFAULT_DURATION_S, PRESETS, Preset, resolve_device, resolve_dtype
 from .errors import DeepSoundError
 from .events import ProgressEvent, ProgressSink, StepEvent
@@ -26,7 +27,6 @@ from .models.graphs import generator_graph_modules, release_unused
 from .models.loading import GeneratorModels, load_generator_models
 from .models.mmaudio.network import sequence_lengths
 from .models.mmaudio.sampler import initial_noise
-from .models.spec import graph_spec
 from .options import EngineConfig, RunOptions, with_overrides
 from .pipeline import StepRunner
 from .results import DeepSoundResult, GenerationResult
@@ -56,8 +56,10 @@ class Engine:
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
         self.use_kernels = kernels.enabled_for(config.kernels, self.device)
+        if config.fp8 and self.device.type == "cuda" and not has_fp8_kernel(self.device):
+            raise DeepSoundError("fp8 needs an NVIDIA GPU of compute capability 9.0 or newer (Hopper)")
         self.loader = GraphLoader(config.backend, config.export, self.device, self.dtype, self.preset.name,
-                                  self.use_kernels)
+                                  self.use_kernels, compile=config.compile, cuda_graphs=config.cuda_graphs)
         self.models: GeneratorModels = load_generator_models(
             self.preset, config.weights, self.device, self.dtype, config.weights_source,
             verify_checksums=config.verify_checksums, use_kernels=self.use_kernels)
@@ -65,13 +67,14 @@ class Engine:
 
     def _load_graphs(self) -> dict[str, Graph]:
         """Each generator graph on its backend (exported graphs where the export and the backend
-        allow, else PyTorch); the graphs whose specs allow it replayed as CUDA graphs when asked."""
+        allow, else PyTorch, compiled and replayed as CUDA graphs as asked and their specs allow);
+        with ``fp8`` the flow network's blocks in FP8 where PyTorch runs the velocity step (before
+        its first run, which compiles and captures it)."""
         graphs = self.loader.load(generator_graph_modules(self.models))
-        release_unused(self.models, [name for name, graph in graphs.items() if graph.backend == "torch"])
-        if self.config.cuda_graphs and self.device.type == "cuda":
-            for name, graph in graphs.items():
-                if graph_spec(name).cuda_graph and graph.backend == "torch":
-                    graphs[name] = CudaGraphTorchGraph(graph_spec(name), graph.module, self.device, self.dtype)
+        on_torch = [name for name, graph in graphs.items() if isinstance(graph, TorchGraph)]
+        release_unused(self.models, on_torch)
+        if self.config.fp8 and "flow_velocity" in on_torch:
+            convert_flow_to_fp8(self.models.flow, self.device)
         return graphs
 
     @property
@@ -106,7 +109,15 @@ class Engine:
         else:
             reasoner = MLLMReasoner.from_dirs(self.config.mllm, self.config.siglip, device=self.device,
                                               dtype=self.dtype, use_kernels=self.use_kernels)
-        return reasoner.use_graphs(self.loader.load(reasoner.graph_modules(), torch_fallback=False))
+        return self._with_levers(reasoner.use_graphs(self.loader.load(reasoner.graph_modules(), torch_fallback=False)))
+
+    def _with_levers(self, reasoner):
+        """The MLLM's speed levers: static-cache decoding, SDPA in BEATs."""
+        if self.config.static_decode:
+            reasoner.use_static_cache()
+        if self.config.sdpa_encoders:
+            reasoner.model.model.audio_tower.use_sdpa()
+        return reasoner
 
     @functools.cached_property
     def judge_reasoner(self):
@@ -116,8 +127,8 @@ class Engine:
         judge_dir = self.config.judge_mllm
         if judge_dir is None or self.config.weights_source.random or judge_dir == self.config.mllm:
             return self.reasoner
-        return MLLMReasoner.from_dirs(judge_dir, self.config.siglip, device=self.device, dtype=self.dtype,
-                                      use_kernels=self.use_kernels)
+        return self._with_levers(MLLMReasoner.from_dirs(judge_dir, self.config.siglip, device=self.device,
+                                                        dtype=self.dtype, use_kernels=self.use_kernels))
 
     @functools.cached_property
     def detector(self):
@@ -127,7 +138,8 @@ class Engine:
 
     @functools.cached_property
     def separator(self):
-        """BS-RoFormer; its core runs on the export's ``separator_core`` graph where it holds one."""
+        """BS-RoFormer; its core runs on the export's ``separator_core`` graph where it holds one
+        (or compiled, with ``compile``)."""
         from .stages.separate import load_separator
 
         source = self.config.weights_source
@@ -145,17 +157,19 @@ class Engine:
                                  "(CLI --separator FILE) or put it in the weights directory")
         return find_weight_file(self.config.weights, SEPARATOR_FILE)
 
-    def judge_voice_over(self, video: Path, audio: np.ndarray, sample_rate: int, judge: str) -> tuple[bool, dict]:
+    def judge_voice_over(self, video: Path, audio: np.ndarray, sample_rate: int, judge: str,
+                         media=None) -> tuple[bool, dict]:
         """Step 2: (voice-over?, details) by the MLLM (``cot``/``qa``) or the speech detector (``vad``);
         ``always`` assumes voice-over, so removal always runs (content known to attract hallucinated
-        speech; demos with random weights, whose judges never answer yes)."""
+        speech; demos with random weights, whose judges never answer yes). ``media``: the MLLM's
+        encoded inputs, made ahead (``overlap``)."""
         if judge == "always":
             return True, {"assumed": True}
         if judge == "vad":
             decision = self.detector.detect(audio, sample_rate)
             return decision.voice_over, {"speech_share": decision.speech_share, "segments": decision.segments}
         answer = self.judge_reasoner.judge_voice_over(video, audio, sample_rate, mode=judge,
-                                                duration_s=len(audio) / sample_rate)
+                                                      duration_s=len(audio) / sample_rate, media=media)
         return answer.voice_over, {"answer": answer.text, "timings": self.judge_reasoner.last_timings}
 
     def remove_voice_over(self, audio: np.ndarray, sample_rate: int) -> tuple[np.ndarray, Timings]:
@@ -183,9 +197,10 @@ class Engine:
         raise AssertionError("the step runner ended without a result")
 
     def generate(self, video: str | Path, options: RunOptions | None = None, *, progress: ProgressSink | None = None,
-                 **overrides) -> GenerationResult:
+                 on_decoded: Callable[[float], None] | None = None, **overrides) -> GenerationResult:
         """Step 1 alone: ``options.duration`` seconds of audio for ``video`` (default 8, cut to the
-        video's length) from ``prompt``, ``negative_prompt`` and ``seed``."""
+        video's length) from ``prompt``, ``negative_prompt`` and ``seed``. ``on_decoded`` is called
+        with the clip's length once the video is decoded."""
         options = _run_options(options, overrides)
         report = progress or (lambda event: None)
         timings = Timings()
@@ -196,17 +211,27 @@ class Engine:
             report(ProgressEvent(name, 0, 1))
             return timings.measure(name, self.device, graph.backend if graph is not None else "")
 
-        with stage("video decode"):
-            clip = load_video(video, DEFAULT_DURATION_S if options.duration is None else options.duration)
+        duration = DEFAULT_DURATION_S if options.duration is None else options.duration
+        clip_f = None
+        if self.config.overlap:  # CLIP encodes the frames decoded so far while decoding goes on
+            report(ProgressEvent("video decode", 0, 1))
+            clip, clip_f = features.clip_image_features_while_decoding(graphs["clip_image"], video, duration,
+                                                                       timings, self.device)
+        else:
+            with stage("video decode"):
+                clip = load_video(video, duration)
         report(ProgressEvent("video decode", 1, 1))
+        if on_decoded is not None:
+            on_decoded(clip.duration_s)
 
         check_export_duration(graphs, self.preset.name, clip.duration_s)  # exports bake in their duration
         latent_len, clip_len, sync_len = sequence_lengths(clip.duration_s, self.preset.sampling_rate,
                                                           self.preset.hop_length)
         self.models.set_sequence_lengths(latent_len, clip_len, sync_len)
 
-        with stage("clip", graphs["clip_image"]):
-            clip_f = features.clip_image_features(graphs["clip_image"], clip.clip_frames[:clip_len])
+        if clip_f is None:
+            with stage("clip", graphs["clip_image"]):
+                clip_f = features.clip_image_features(graphs["clip_image"], clip.clip_frames[:clip_len])
         report(ProgressEvent("clip", 1, 1))
         with stage("synchformer", graphs["sync"]):
             sync_f = features.sync_features(graphs["sync"], clip.sync_frames)
@@ -217,8 +242,8 @@ class Engine:
         report(ProgressEvent("text", 1, 1))
 
         with stage("conditions", graphs["flow_conditions"]):
-            conditions = generate.prepare_conditions(graphs["flow_conditions"], clip_f, sync_f[:, :sync_len],
-                                                     text_f[:1], text_f[1:])
+            conditions = generate.prepare_conditions(graphs["flow_conditions"], clip_f[:, :clip_len],
+                                                     sync_f[:, :sync_len], text_f[:1], text_f[1:])
         report(ProgressEvent("conditions", 1, 1))
 
         x0 = initial_noise(1, latent_len, self.models.latent_dim, options.seed, self.device, torch.float32)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .backends import AUTO, BACKENDS
+from .backends.compiled import COMPILE_BACKENDS
 from .config import DTYPE_NAMES, PRESETS
 from .errors import DeepSoundError
 from .weights_dir import WeightsSource
@@ -91,11 +92,19 @@ class EngineConfig:
     backend: str = AUTO  # per graph the best installed backend that has it (deepsound_rt.backends)
     export: Path | None = None  # a `deepsound-rt export` directory for the onnxruntime/tensorrt backends
     kernels: str = field(default_factory=default_kernels)  # see KERNEL_SETTINGS
+    # Speed levers (each off by default; `deepsound-rt bench` times them alone and together):
+    static_decode: bool = False  # MLLM decoding: static KV cache, greedy on the device, a CUDA graph per token on a GPU
+    compile: str | None = None  # torch.compile backend (COMPILE_BACKENDS) for the graphs whose specs allow it
+    fp8: bool = False  # FP8 matmuls in the flow network's blocks (Hopper; emulated in float32 elsewhere)
+    overlap: bool = False  # plan beside step 1, video decoding beside CLIP, the judge's encoders ahead of it
+    sdpa_encoders: bool = False  # BEATs attention by SDPA (one fused kernel) instead of upstream's softmax
 
     def __post_init__(self) -> None:
         _choice("preset", self.preset, tuple(sorted(PRESETS)))
         _choice("dtype", self.dtype, DTYPES)
         _choice("backend", self.backend, BACKEND_CHOICES)
+        if self.compile is not None:
+            _choice("compile backend", self.compile, COMPILE_BACKENDS)
         _choice(f"kernels setting (EngineConfig.kernels or ${KERNELS_ENV})", self.kernels, KERNEL_SETTINGS)
         object.__setattr__(self, "weights_source", resolve_weights_source(self.preset, self.weights_source))
         if not isinstance(self.device, str) or not (self.device in ("auto", "cpu", "cuda")
@@ -107,7 +116,7 @@ class EngineConfig:
         object.__setattr__(self, "vad_min_speech_share", _number("vad_min_speech_share", self.vad_min_speech_share, 0, 1))
         object.__setattr__(self, "silence_threshold_db", _number("silence_threshold_db", self.silence_threshold_db))
         object.__setattr__(self, "silence_max_share", _number("silence_max_share", self.silence_max_share, 0, 1))
-        for name in ("verify_checksums", "cuda_graphs"):
+        for name in ("verify_checksums", "cuda_graphs", "static_decode", "fp8", "overlap", "sdpa_encoders"):
             if not isinstance(getattr(self, name), bool):
                 raise DeepSoundError(f"{name} must be True or False, got {getattr(self, name)!r}")
         for name in ("weights", "mllm", "judge_mllm", "siglip", "separator", "export"):

@@ -44,13 +44,15 @@ class StepRecord:
 
 @dataclass
 class DeepSoundResult:
-    """The final audio (None when post-processing ``rm`` removed it) and every step's record."""
+    """The final audio (None when post-processing ``rm`` removed it), every step's record (each
+    with its own time) and the wall time of the whole run (less than their sum with ``overlap``)."""
 
     audio: np.ndarray | None
     sample_rate: int
     duration_s: float
     video: Path
     steps: list[StepRecord]
+    wall_seconds: float = 0.0
 
     def step(self, name: str) -> StepRecord | None:
         """The last record of step ``name``."""

@@ -129,6 +129,17 @@ def test_beats_loads_one_shared_bias_copy(goldens_by_kind: dict[str, list[Path]]
     torch.testing.assert_close(features, golden.tensor("out/features"), rtol=0, atol=1e-4)
 
 
+def test_sdpa_attention_passes_the_golden(goldens_by_kind: dict[str, list[Path]]) -> None:
+    """SDPA with the gated bias as an additive mask is upstream's attention: the shifted logits
+    change no softmax (issue 17's encoder lever, ``EngineConfig.sdpa_encoders``)."""
+    golden, config = _beats_golden(goldens_by_kind)
+    model = BEATs(config).eval().use_sdpa()
+    model.load_checkpoint(golden.state)
+    with torch.inference_mode():
+        features = model.extract_features(golden.inputs["fbank"])
+    torch.testing.assert_close(features, golden.tensor("out/features"), rtol=0, atol=golden.atol("out/features"))
+
+
 def test_beats_bf16_smoke(goldens_by_kind: dict[str, list[Path]]) -> None:
     golden, config = _beats_golden(goldens_by_kind)
     model = BEATs(config).eval()

@@ -19,6 +19,7 @@ from deepsound_rt.errors import WeightsError
 from deepsound_rt.models.mllm import decoding, prompt, vision
 from deepsound_rt.models.mllm.decoding import DecodingSettings, generate
 from deepsound_rt.models.mllm.prompt import CANONICAL_PLAN_STEPS, CANONICAL_PLAN_TEXT, IM_END
+from deepsound_rt.models.mllm.static_cache import StaticCacheDecoder
 from deepsound_rt.models.mllm.tiny import tiny_config_json, tiny_mllm
 from deepsound_rt.stages.reason import MLLMReasoner, to_16k_mono
 from deepsound_rt.verify import check_golden
@@ -205,6 +206,26 @@ def test_cot_judge_stops_after_conclusion_letter(taught) -> None:
     result = decoding.judge_cot(model, tokenizer, prompts["cot"], settings)
     assert result.text == COT_ANSWER[: COT_ANSWER.index("<CONCLUSION>") + len("<CONCLUSION> A")]
     assert result.voice_over is prompt.parse_cot_answer(full_text) is True
+
+
+def test_static_cache_decoder_takes_the_same_shortcuts(taught) -> None:
+    """The plan's one-prefill fast path and its fall-back, the qa judge's one pass and the cot
+    judge's stop after the conclusion letter give through the static-cache decoder (issue 17's
+    decoding lever) exactly what they give through the dynamic cache."""
+    model, tokenizer, prompts, targets = taught
+    static = StaticCacheDecoder(model, tokens_per_sync=3)
+    settings = _settings(tokenizer, penalty=1.05)
+    with torch.inference_mode():
+        plan = decoding.plan(static, tokenizer, prompts["plan"], settings)
+        assert plan.fast_path and plan.steps == CANONICAL_PLAN_STEPS
+        wrong_plan = tokenizer.encode(CANONICAL_PLAN_TEXT.replace("Remove voice-over", "Remove the voice-over"))
+        fallback = generate(static, prompts["plan"], settings, draft=wrong_plan)
+        assert fallback.tokens == targets["plan"] and not fallback.fast_path
+        for name in ("qa_yes", "qa_no"):
+            assert decoding.judge_qa(static, tokenizer, prompts[name], settings) == \
+                decoding.judge_qa(model, tokenizer, prompts[name], settings)
+        cot = decoding.judge_cot(static, tokenizer, prompts["cot"], settings)
+        assert cot == decoding.judge_cot(model, tokenizer, prompts["cot"], settings) and cot.voice_over
 
 
 # --- loading -------------------------------------------------------------------------------------

@@ -62,12 +62,12 @@ def rig(base_engine, monkeypatch):
     calls = Calls()
     answers = {"voice_over": True, "silent": False}
 
-    def generate(video, options, progress=None):
+    def generate(video, options, progress=None, on_decoded=None):
         calls.generate.append(options.negative_prompt)
         audio = NEG if options.negative_prompt == "human voice" else STEP1
         return GenerationResult(audio, RATE, 1.0, Path(video), Timings(), "dev", options.seed, "cpu", "float32")
 
-    def judge(video, audio, rate, mode):
+    def judge(video, audio, rate, mode, media=None):
         calls.judge += 1
         assert audio is STEP1 and mode == "vad"
         return answers["voice_over"], {}

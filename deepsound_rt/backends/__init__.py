@@ -72,18 +72,22 @@ def choose_backends(requested: str | None, available: Sequence[str], graph_names
 
 class GraphLoader:
     """Where an Engine's graphs run: the backend asked for, the export (if any), the device and
-    dtype, the preset the export must be of, and whether our kernels run in the torch modules.
+    dtype, the preset the export must be of, whether our kernels run in the torch modules, and how
+    torch runs its graphs (``compile``, ``cuda_graphs``: see :class:`TorchBackend`).
 
     The export's manifest is read and checked once, on first use.
     """
 
     def __init__(self, backend: str = AUTO, export: str | Path | None = None, device: torch.device = torch.device("cpu"),
                  dtype: torch.dtype = torch.float32, preset: str = "dev", use_kernels: bool = False,
-                 engine_cache_dir: str | Path | None = None):
+                 engine_cache_dir: str | Path | None = None, compile: str | None = None, cuda_graphs: bool = False):
+        from .torch_backend import TorchBackend
+
         self.backend = backend
         self.export = None if export is None else Path(export)
         self.device, self.dtype, self.preset, self.use_kernels = device, dtype, preset, use_kernels
         self.engine_cache_dir = engine_cache_dir
+        self.torch = TorchBackend(device, dtype, compile, cuda_graphs)
 
     @functools.cached_property
     def manifest(self) -> ExportManifest | None:
@@ -104,7 +108,8 @@ class GraphLoader:
     def load(self, modules: Mapping[str, nn.Module], torch_fallback: bool = True) -> dict[str, Graph]:
         """Graphs for ``modules`` (graph name -> the torch module it is, or was exported from), each
         on its chosen backend. Those chosen for torch run their module, or, without
-        ``torch_fallback``, are left out (the stage runs its own torch code for them).
+        ``torch_fallback``, are left out (the stage runs its own torch code for them) unless
+        torch compiles them.
 
         Exported graphs must match their manifest hashes and the weights of their modules (dtype
         casts allowed); each violation is an ``ExportError``. TensorRT engines are cached in
@@ -112,20 +117,21 @@ class GraphLoader:
         (``deepsound-rt export --dtype``), whatever dtype the torch graphs run in.
         """
         from ..export.manifest import ENGINE_CACHE_DIR, ExportError, weights_fingerprint
-        from .torch_backend import TorchBackend
 
-        if not torch_fallback:  # only what the export holds
+        def on_torch(name: str) -> bool:
+            return torch_fallback or self.torch.compiles(graph_spec(name))
+
+        if not torch_fallback:  # what the export holds, and what torch compiles where torch may run
             held = self.manifest.graphs if self.manifest is not None else {}
-            modules = {name: module for name, module in modules.items() if name in held}
+            torch_allowed = self.backend in (AUTO, "torch")
+            modules = {name: module for name, module in modules.items()
+                       if name in held or (torch_allowed and on_torch(name))}
             if not modules:
                 return {}
         choice = self.choose(list(modules))
         from_export = [name for name in modules if choice[name] != "torch"]
-        graphs: dict[str, Graph] = {}
-        if torch_fallback:
-            torch_backend = TorchBackend(self.device, self.dtype)
-            graphs = {name: torch_backend.load(graph_spec(name), module) for name, module in modules.items()
-                      if choice[name] == "torch"}
+        graphs = {name: self.torch.load(graph_spec(name), module) for name, module in modules.items()
+                  if choice[name] == "torch" and on_torch(name)}
         if not from_export:
             return graphs
         self.manifest.check_files(self.export, from_export)

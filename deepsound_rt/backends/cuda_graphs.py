@@ -4,6 +4,9 @@ A velocity step of the flow network or a vocoder pass is hundreds of small kerne
 them as one CUDA graph removes the per-kernel launch cost, which dominates at bf16 speeds.
 Inputs are copied into the captured (static) buffers and outputs copied out, so callers see
 ordinary tensors. A module that cannot be captured runs eagerly, with a warning, instead.
+
+Capture errors are thread-local: with ``overlap`` other stages run on other threads and streams
+while a graph is captured, and only the capturing thread's own calls may break its capture.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import logging
 import torch
 from torch import nn
 
+from ..models.mllm.static_cache import CAPTURE_LOCK
 from ..models.spec import GraphSpec
 from .base import Tensors
 from .torch_backend import TorchGraph
@@ -26,12 +30,14 @@ class _Captured:
 
 
 class CudaGraphTorchGraph(TorchGraph):
-    backend = "torch+cudagraph"
+    """``module`` (a graph module, possibly compiled: ``backend`` names what runs it) replayed."""
 
-    def __init__(self, spec: GraphSpec, module: nn.Module, device: torch.device, dtype: torch.dtype):
+    def __init__(self, spec: GraphSpec, module: nn.Module, device: torch.device, dtype: torch.dtype,
+                 backend: str = "torch"):
         if device.type != "cuda":
             raise ValueError("CUDA graphs need a CUDA device")
         super().__init__(spec, module, device, dtype)
+        self.backend = f"{backend}+cudagraph"
         self._captured: dict[tuple, _Captured | None] = {}  # None: capture failed, run eagerly
 
     def run(self, inputs: Tensors) -> dict[str, torch.Tensor]:
@@ -60,11 +66,11 @@ class CudaGraphTorchGraph(TorchGraph):
                     self.module(*static)
             torch.cuda.current_stream(self.device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.inference_mode(), torch.cuda.graph(graph):
+            with CAPTURE_LOCK, torch.inference_mode(), torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 result = self.module(*static)
         except RuntimeError as exc:
             log.warning("graph %s cannot be captured as a CUDA graph (%s); running it eagerly", self.name, exc)
-            torch.cuda.synchronize(self.device)
+            torch.cuda.current_stream(self.device).synchronize()
             return None
         outputs = result if isinstance(result, tuple) else (result,)
         return _Captured(graph, static, outputs)

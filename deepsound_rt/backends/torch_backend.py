@@ -38,15 +38,34 @@ class TorchGraph:
 
 
 class TorchBackend:
+    """Graph modules run by PyTorch: eagerly, or compiled (``compile``: a torch.compile backend)
+    and replayed as CUDA graphs (``cuda_graphs``, on a CUDA device) where a graph's spec says it
+    is worth it. Compiling and capturing happen at a graph's first run."""
+
     name = "torch"
 
-    def __init__(self, device: torch.device, dtype: torch.dtype):
+    def __init__(self, device: torch.device, dtype: torch.dtype, compile: str | None = None,
+                 cuda_graphs: bool = False):
         self.device = device
         self.dtype = dtype
+        self.compile = compile
+        self.cuda_graphs = cuda_graphs and device.type == "cuda"
 
     @staticmethod
     def available() -> bool:
         return True
 
+    def compiles(self, spec: GraphSpec) -> bool:
+        return self.compile is not None and spec.compile
+
     def load(self, spec: GraphSpec, module: nn.Module) -> TorchGraph:
-        return TorchGraph(spec, module, self.device, self.dtype)
+        graph = TorchGraph(spec, module, self.device, self.dtype)
+        if self.compiles(spec):
+            from .compiled import CompiledTorchGraph
+
+            graph = CompiledTorchGraph(spec, module, self.device, self.dtype, self.compile)
+        if self.cuda_graphs and spec.cuda_graph:
+            from .cuda_graphs import CudaGraphTorchGraph
+
+            graph = CudaGraphTorchGraph(spec, graph.module, self.device, self.dtype, graph.backend)
+        return graph

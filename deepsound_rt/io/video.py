@@ -16,13 +16,15 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from time import perf_counter
 
 import av
 import torch
@@ -163,14 +165,73 @@ def load_video(path: str | Path, duration_s: float | None = DEFAULT_DURATION_S) 
     model cannot see a single segment. A file that decodes to less than its container claims
     (truncated) is used for what decodes, with a warning that says both lengths.
     """
-    path = Path(path)
+    return _decode_clip(Path(path), duration_s, _TimeGridSampler(CLIP_FPS, clip_transform),
+                        _TimeGridSampler(SYNC_FPS, sync_transform), lambda: None)
+
+
+class VideoStream:
+    """:func:`load_video` on a worker thread, handing over CLIP frames as they are decoded, so that
+    a GPU can encode the first frames while the CPU decodes the rest."""
+
+    def __init__(self, path: str | Path, duration_s: float | None = DEFAULT_DURATION_S):
+        self._clip = _TimeGridSampler(CLIP_FPS, clip_transform)
+        self._sync = _TimeGridSampler(SYNC_FPS, sync_transform)
+        self._changed = threading.Condition()
+        self._result: VideoClip | None = None
+        self._error: BaseException | None = None
+        self._done = False
+        self.seconds = 0.0
+        """How long decoding took, once it is done."""
+        self._thread = threading.Thread(target=self._decode, args=(Path(path), duration_s), daemon=True,
+                                        name="deepsound-video")
+        self._thread.start()
+
+    def _notify(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+    def _decode(self, path: Path, duration_s: float | None) -> None:
+        started = perf_counter()
+        try:
+            self._result = _decode_clip(path, duration_s, self._clip, self._sync, self._notify)
+        except BaseException as error:  # handed to the caller of result()
+            self._error = error
+        self.seconds = perf_counter() - started
+        with self._changed:
+            self._done = True
+            self._changed.notify_all()
+
+    def clip_frames(self, start: int, count: int) -> torch.Tensor | None:
+        """CLIP frames ``start`` to ``start + count - 1`` (uint8, as in :class:`VideoClip`) once they
+        are decoded; None if decoding ended and the clip does not hold them all (or decoding failed:
+        see :meth:`result`)."""
+        with self._changed:
+            self._changed.wait_for(lambda: len(self._clip.frames) >= start + count or self._done)
+            beyond_clip = self._done and (self._result is None or start + count > len(self._result.clip_frames))
+            if beyond_clip or len(self._clip.frames) < start + count:
+                return None
+            slots = self._clip.frames[start : start + count]
+        try:
+            return torch.stack([converted.result()[index] for converted, index in slots])
+        except CancelledError:  # frames past the clip's end, dropped when decoding ended
+            return None
+
+    def result(self) -> VideoClip:
+        """The whole clip, as :func:`load_video` returns it (its errors are raised here)."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+
+def _decode_clip(path: Path, duration_s: float | None, clip: _TimeGridSampler, sync: _TimeGridSampler,
+                 added: Callable[[], None]) -> VideoClip:
+    """The decoding loop of :func:`load_video`; ``added`` is called whenever the samplers grew."""
     if duration_s is not None and not duration_s > 0:
         raise InputError(f"{path}: requested duration must be positive, got {duration_s}")
     if duration_s is not None and duration_s < MIN_DURATION_S:
         raise InputError(f"{path}: requested duration {duration_s} s is below the minimum {MIN_DURATION_S} s")
     end: Fraction | float = math.inf if duration_s is None else Fraction(duration_s)
-    clip = _TimeGridSampler(CLIP_FPS, clip_transform)
-    sync = _TimeGridSampler(SYNC_FPS, sync_transform)
     samplers = (clip, sync)
     width = height = 0
     last: _LastFrame | None = None
@@ -192,6 +253,7 @@ def load_video(path: str | Path, duration_s: float | None = DEFAULT_DURATION_S) 
                 converted = pool.submit(frame, [sampler.transform for sampler in wanting])
                 for index, sampler in enumerate(wanting):
                     sampler.add(time, converted, index, end)
+                added()
             if time >= end:  # every slot before ``end`` is taken
                 break
             last = _LastFrame(frame, time, last.time if last is not None else None)
@@ -199,6 +261,7 @@ def load_video(path: str | Path, duration_s: float | None = DEFAULT_DURATION_S) 
             if last is not None:
                 video_end = last.time + last.display_seconds(fps)
                 _hold_last_frame(last, samplers, min(end, video_end), pool)
+                added()
                 _warn_if_truncated(path, container, stream, video_end, end)
         if not sync.frames:
             raise InputError(f"{path}: no decodable video frames")

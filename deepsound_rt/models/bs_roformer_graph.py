@@ -56,5 +56,8 @@ def _inputs(ctx: ExportContext, sizes: Mapping[str, int]) -> dict[str, torch.Ten
 SEPARATOR_CORE_SPEC = register_graph(GraphSpec(
     SEPARATOR_CORE, "separator", ("mix_spectrum",), ("stem_spectrum",), _build, _inputs,
     dynamic_axes={"mix_spectrum": {0: "chunks", 3: "frames"}, "stem_spectrum": {0: "chunks", 4: "frames"}},
+    fp32_inputs=frozenset({"mix_spectrum"}),  # the mask multiplies the spectrum in float32
     axes=_axes, check_sizes=lambda ctx: {"chunks": 2, "frames": 64}, networks=("separator",),
+    # The last batch of chunks is smaller: one item at a time, one compiled graph serves every batch.
+    compile=True, compile_per_item=True,
     exported_with=frozenset({WeightsSource.TINY_RANDOM.value})))

@@ -241,7 +241,7 @@ FLOW_CONDITIONS = register_graph(GraphSpec(
 FLOW_VELOCITY = register_graph(GraphSpec(
     "flow_velocity", "generator", ("x", "t", "cfg_strength", *PAIRED_CONDITIONS), ("velocity",),
     _build("flow_velocity"), _velocity_inputs, fp32_inputs=frozenset({"t", "cfg_strength"}), networks=("flow",),
-    cuda_graph=True))
+    cuda_graph=True, compile=True))
 VAE_DECODE = register_graph(GraphSpec(
     "vae_decode", "generator", ("latents",), ("mel",), _build("vae_decode"), _vae_inputs,
     dynamic_axes={"latents": {1: "latent_frames"}, "mel": {2: "mel_frames"}},

@@ -5,8 +5,8 @@ A graph is a module with named tensor inputs and outputs: what one backend call 
 says everything the rest of the package needs to know about it: names, dynamic axes and their
 sizes, which inputs stay float32, how to build the module and sample inputs for an export (fp32,
 or typed: bf16/fp16), how close ONNX Runtime must come to torch, which networks it runs, whether
-our fused kernels serve its torch form and whether it may be captured as a CUDA graph. Adding a
-graph is one ``register_graph(GraphSpec(...))`` beside its module.
+our fused kernels serve its torch form and whether it is worth compiling or capturing as a CUDA
+graph. Adding a graph is one ``register_graph(GraphSpec(...))`` beside its module.
 """
 from __future__ import annotations
 
@@ -144,6 +144,8 @@ class GraphSpec:
     networks: tuple[str, ...] = ()  # the networks (weight files) its module runs
     kernels: bool = False  # our fused kernels serve its torch form
     cuda_graph: bool = False  # fixed shapes per clip and many small kernels: worth a CUDA graph
+    compile: bool = False  # elementwise work between its matmuls that inductor fuses: worth torch.compile
+    compile_per_item: bool = False  # compiled, it runs its batch one item at a time (the batch size varies)
     exported_with: frozenset[str] = ALL_SOURCES
     write_onnx: Callable[[Path], None] | None = None
     parity: ParityRuns | None = None

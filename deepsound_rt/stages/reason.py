@@ -10,6 +10,9 @@ samples frames from the input video up to ``duration_s``.
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Literal, Mapping, TypeVar
 
@@ -31,6 +34,7 @@ from ..models.mllm.prompt import (
     PlanResult,
     prompt_ids,
 )
+from ..models.mllm.static_cache import StaticCacheDecoder
 from ..models.mllm.videollama2 import VideoLLaMA2AV
 from ..models.mllm.vision import video_pixels
 from ..models.mllm.graphs import (
@@ -52,7 +56,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["JudgeResult", "MLLMReasoner", "PlanResult", "to_16k_mono"]
+__all__ = ["JudgeMedia", "JudgeResult", "MLLMReasoner", "PlanResult", "to_16k_mono"]
 
 JudgeMode = Literal["qa", "cot"]
 _PCM_SCALE = 32768.0
@@ -77,14 +81,28 @@ def to_16k_mono(audio: np.ndarray, sample_rate: int) -> torch.Tensor:
     return torch.from_numpy(pcm.astype(np.float32) / np.float32(_PCM_SCALE))
 
 
+@dataclass
+class JudgeMedia:
+    """Step 2's encoded inputs, made ahead of its decoding (the overlapped step runner encodes the
+    frames while step 1 still runs, the audio as soon as it exists): video tokens, audio tokens,
+    and the encoders' timings and own seconds."""
+
+    video_tokens: torch.Tensor
+    audio_tokens: torch.Tensor
+    timings: Timings
+    seconds: float
+
+
 class MLLMReasoner:
     """Plan and voice-over judge with one VideoLLaMA2.1-7B-AV checkpoint (-CoT: plan and ``cot``
     judge; -QA: ``qa`` judge).
 
     The vision encoder, audio encoder and LLM decoder run as exported graphs where
-    :meth:`use_graphs` gave them (token embedding, splicing and decoding logic stay in torch);
-    ``last_timings`` says how long each took in the last call and on which backend.
-    ``use_kernels``: the judge's audio fbank runs our kernel.
+    :meth:`use_graphs` gave them (token embedding, splicing and decoding logic stay in torch), the
+    decoder with a static cache where :meth:`use_static_cache` asked for it; ``last_timings`` says
+    how long each took in the last call and on which backend. Decoding calls are serialised (a
+    static cache is one buffer), encoder calls may come from several threads. ``use_kernels``:
+    the judge's audio fbank runs our kernel.
     """
 
     def __init__(
@@ -105,7 +123,9 @@ class MLLMReasoner:
         self.settings = settings or DecodingSettings(tokenizer.stop_ids)
         self.canonical_plan = canonical_plan
         self.graphs: dict[str, Graph] = {}
+        self.static_decoder: StaticCacheDecoder | None = None
         self.last_timings = Timings()
+        self._decoding = threading.Lock()
 
     def graph_modules(self) -> dict[str, nn.Module]:
         """The graphs this stage can run exported, as the torch modules they are exported from."""
@@ -117,19 +137,33 @@ class MLLMReasoner:
         self.graphs = {name: graphs[name] for name in MLLM_GRAPHS if name in graphs}
         return self
 
+    def use_static_cache(self) -> "MLLMReasoner":
+        """Decode through a static KV cache in fixed-shape steps, greedy on the device and replayed
+        as a CUDA graph on a GPU (:mod:`..models.mllm.static_cache`); an exported decoder graph,
+        where there is one, still takes precedence."""
+        self.static_decoder = StaticCacheDecoder(self.model)
+        return self
+
     def backend(self, graph_name: str) -> str:
-        return self.graphs[graph_name].backend if graph_name in self.graphs else "torch"
+        if graph_name in self.graphs:
+            return self.graphs[graph_name].backend
+        if graph_name == MLLM_DECODER and self.static_decoder is not None:
+            return "torch+static-cache" + ("+cudagraph" if self.device.type == "cuda" else "")
+        return "torch"
 
     @property
     def language_model(self) -> LanguageModel:
-        """What decoding runs: the exported decoder when there is one, else the torch model."""
+        """What decoding runs: the exported decoder when there is one, else the static-cache
+        decoder when asked for, else the torch model with transformers' cache."""
         graph = self.graphs.get(MLLM_DECODER)
-        return self.model if graph is None else ExportedDecoder(self.model, graph)
+        if graph is not None:
+            return ExportedDecoder(self.model, graph)
+        return self.static_decoder or self.model
 
     def _encode(self, graph_name: str, encode: Callable[[torch.Tensor], torch.Tensor],
-                value: torch.Tensor) -> torch.Tensor:
+                value: torch.Tensor, timings: Timings) -> torch.Tensor:
         """(tokens, hidden) media tokens from ``encode`` (torch) or the graph of that name."""
-        with self.last_timings.measure(graph_name, self.device, self.backend(graph_name)):
+        with timings.measure(graph_name, self.device, self.backend(graph_name)):
             graph = self.graphs.get(graph_name)
             if graph is None:
                 return encode(value)
@@ -137,7 +171,7 @@ class MLLMReasoner:
             return tokens.to(self.device, self.dtype)
 
     def _decode(self, run: Callable[[LanguageModel], T]) -> T:
-        with self.last_timings.measure(MLLM_DECODER, self.device, self.backend(MLLM_DECODER)):
+        with self._decoding, self.last_timings.measure(MLLM_DECODER, self.device, self.backend(MLLM_DECODER)):
             return run(self.language_model)
 
     @classmethod
@@ -187,11 +221,32 @@ class MLLMReasoner:
         """Step 0: the step plan for a video (16 frames of the whole video, no audio)."""
         self.last_timings = Timings()
         pixels = video_pixels(video_path, self.model.config.num_frames).to(self.device, self.dtype)
-        embeds = self.prompt_embeds(PLAN_QUESTION, [self._encode(MLLM_VISION, self.model.encode_video, pixels)])
+        embeds = self.prompt_embeds(PLAN_QUESTION,
+                                    [self._encode(MLLM_VISION, self.model.encode_video, pixels, self.last_timings)])
         result = self._decode(lambda llm: decoding.plan(llm, self.tokenizer, embeds, self.settings,
                                                         self.canonical_plan))
         log.info("plan (%s): %r", "fast path" if result.fast_path else "generated", result.text)
         return result
+
+    @torch.inference_mode()
+    def judge_video_tokens(self, video_path: str | Path, duration_s: float | None, timings: Timings) -> torch.Tensor:
+        """Step 2's video tokens: frames sampled from the first ``duration_s`` seconds, SigLIP + STC."""
+        pixels = video_pixels(video_path, self.model.config.num_frames, duration_s).to(self.device, self.dtype)
+        return self._encode(MLLM_VISION, self.model.encode_video, pixels, timings)
+
+    @torch.inference_mode()
+    def judge_audio_tokens(self, audio: np.ndarray, sample_rate: int, timings: Timings) -> torch.Tensor:
+        """Step 2's audio tokens: the audio as upstream's ffmpeg gives it, fbank, BEATs + projector."""
+        fbank = audio_features(to_16k_mono(audio, sample_rate).to(self.device), self.use_kernels).to(self.device)
+        return self._encode(MLLM_AUDIO, self.model.encode_audio, fbank, timings)
+
+    def judge_media(self, video_path: str | Path, audio: np.ndarray, sample_rate: int,
+                    duration_s: float | None = None) -> JudgeMedia:
+        """Both of step 2's encoders, for :meth:`judge_voice_over` (``media``)."""
+        timings, started = Timings(), time.perf_counter()
+        video_tokens = self.judge_video_tokens(video_path, duration_s, timings)
+        audio_tokens = self.judge_audio_tokens(audio, sample_rate, timings)
+        return JudgeMedia(video_tokens, audio_tokens, timings, time.perf_counter() - started)
 
     @torch.inference_mode()
     def judge_voice_over(
@@ -201,20 +256,20 @@ class MLLMReasoner:
         sample_rate: int,
         mode: JudgeMode = "cot",
         duration_s: float | None = None,
+        media: JudgeMedia | None = None,
     ) -> JudgeResult:
         """Step 2: does ``audio`` (generated for the video) contain voice-over?
 
         ``duration_s``: the generated clip's length; frames are sampled from that much of the video,
-        as upstream samples them from the step-1 video (None: the whole video).
+        as upstream samples them from the step-1 video (None: the whole video). ``media``: the
+        encoders' output for these inputs, made earlier (:meth:`judge_media`).
         """
         if mode not in ("qa", "cot"):
             raise ValueError(f"judge mode must be 'qa' or 'cot', got {mode!r}")
-        self.last_timings = Timings()
-        pixels = video_pixels(video_path, self.model.config.num_frames, duration_s).to(self.device, self.dtype)
-        fbank = audio_features(to_16k_mono(audio, sample_rate).to(self.device), self.use_kernels).to(self.device)
-        media = [self._encode(MLLM_VISION, self.model.encode_video, pixels),
-                 self._encode(MLLM_AUDIO, self.model.encode_audio, fbank)]
-        embeds = self.prompt_embeds(VOICE_OVER_QUESTION, media)
+        if media is None:
+            media = self.judge_media(video_path, audio, sample_rate, duration_s)
+        self.last_timings = Timings(list(media.timings.stages))
+        embeds = self.prompt_embeds(VOICE_OVER_QUESTION, [media.video_tokens, media.audio_tokens])
         judge = decoding.judge_qa if mode == "qa" else decoding.judge_cot
         result = self._decode(lambda llm: judge(llm, self.tokenizer, embeds, self.settings))
         log.info("voice-over judge (%s): %s from %r", mode, result.voice_over, result.text)

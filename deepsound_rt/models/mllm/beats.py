@@ -167,6 +167,7 @@ class RelativeGatedAttention(nn.Module):
         self.gru_rel_pos = config.gru_rel_pos
         # Created by layer 0 only; the encoder hands the same module to every other layer.
         self.relative_attention_bias: nn.Embedding | None = None
+        self.sdpa = False  # BEATs.use_sdpa
         self.k_proj = nn.Linear(dim, dim)
         self.v_proj = nn.Linear(dim, dim)
         self.q_proj = nn.Linear(dim, dim)
@@ -183,6 +184,8 @@ class RelativeGatedAttention(nn.Module):
         self, x: torch.Tensor, position_bias: torch.Tensor | None, key_padding_mask: torch.Tensor | None
     ) -> torch.Tensor:
         """x (B, N, D); position_bias (B, H, N, N) ungated or None; key_padding_mask (B, N) or None."""
+        if self.sdpa:
+            return self._forward_sdpa(x, position_bias, key_padding_mask)
         batch, tokens, dim = x.shape
         q = self._split_heads(self.q_proj(x) * self.scaling * (1.0 / ATTENTION_LOGIT_SHIFT))
         k = self._split_heads(self.k_proj(x))
@@ -192,15 +195,38 @@ class RelativeGatedAttention(nn.Module):
         if key_padding_mask is not None:
             logits = logits.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
         if position_bias is not None:
-            if self.gru_rel_pos:
-                query = q * ATTENTION_LOGIT_SHIFT / self.scaling
-                gates = torch.sigmoid(self.grep_linear(query).view(batch, self.num_heads, tokens, 2, 4).sum(-1))
-                gate_a, gate_b = gates.chunk(2, dim=-1)
-                position_bias = (gate_a * (gate_b * self.grep_a - 1.0) + 2.0) * position_bias
-            logits = logits + position_bias
+            logits = logits + self._gated_bias(q * ATTENTION_LOGIT_SHIFT / self.scaling, position_bias)
         attention = F.softmax(logits, dim=-1)
         out = (attention @ v).transpose(1, 2).reshape(batch, tokens, dim)
         return self.out_proj(out)
+
+    def _gated_bias(self, query: torch.Tensor, position_bias: torch.Tensor) -> torch.Tensor:
+        """The position bias scaled per head and query by the gates of the unscaled ``query``."""
+        if not self.gru_rel_pos:
+            return position_bias
+        batch, heads, tokens, _ = query.shape
+        gates = torch.sigmoid(self.grep_linear(query).view(batch, heads, tokens, 2, 4).sum(-1))
+        gate_a, gate_b = gates.chunk(2, dim=-1)
+        return (gate_a * (gate_b * self.grep_a - 1.0) + 2.0) * position_bias
+
+    def _forward_sdpa(
+        self, x: torch.Tensor, position_bias: torch.Tensor | None, key_padding_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The same attention through one fused kernel: upstream's q/32 and row-max shift change
+        no softmax (they only keep fp16 logits in range, which the kernel's float32 softmax does
+        anyway), so this is SDPA with scale head_dim^-0.5 and the gated bias (plus -inf at padding
+        keys) as an additive mask."""
+        batch, tokens, dim = x.shape
+        q = self._split_heads(self.q_proj(x))
+        k = self._split_heads(self.k_proj(x))
+        v = self._split_heads(self.v_proj(x))
+        bias = None if position_bias is None else self._gated_bias(q, position_bias).to(q.dtype)
+        if key_padding_mask is not None:
+            padding = torch.zeros(key_padding_mask.shape, dtype=q.dtype, device=q.device)
+            padding = padding.masked_fill(key_padding_mask, float("-inf"))[:, None, None, :]
+            bias = padding if bias is None else bias + padding
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scaling)
+        return self.out_proj(out.transpose(1, 2).reshape(batch, tokens, dim))
 
 
 class EncoderLayer(nn.Module):
@@ -340,6 +366,13 @@ class BEATs(nn.Module):
         return self.encoder(x, token_mask, record)
 
     forward = extract_features
+
+    def use_sdpa(self, enabled: bool = True) -> "BEATs":
+        """Attention through ``F.scaled_dot_product_attention`` (one fused kernel) instead of
+        upstream's hand-written softmax; the same function up to rounding."""
+        for layer in self.encoder.layers:
+            layer.self_attn.sdpa = enabled
+        return self
 
     def load_checkpoint(self, state: Mapping[str, torch.Tensor]) -> None:
         """Strict load of bare BEATs keys. The layers share one relative-bias table that the state

@@ -95,8 +95,10 @@ class KVCache(Protocol):
 
 
 class LanguageModel(Protocol):
-    """The LLM as decoding sees it: :class:`VideoLLaMA2AV` (torch, transformers cache) or
-    ``ExportedDecoder`` (the decoder as a backend graph, explicit key/value tensors)."""
+    """The LLM as decoding sees it: :class:`VideoLLaMA2AV` (torch, transformers cache),
+    ``ExportedDecoder`` (the decoder as a backend graph, explicit key/value tensors) or
+    ``StaticCacheDecoder``, which also brings ``decode(cache, tokens, settings, stop_when) ->
+    (steps, reason)`` for the token-by-token phase (fixed-shape steps, greedy on the device)."""
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor: ...
 
@@ -116,7 +118,8 @@ def _truncate(cache: KVCache, length: int) -> None:
         cache.crop(-surplus)
 
 
-def _finished(tokens: list[int], settings: DecodingSettings, stop_when: StopCondition | None) -> str | None:
+def finish_reason(tokens: list[int], settings: DecodingSettings, stop_when: StopCondition | None) -> str | None:
+    """Why decoding ends after ``tokens`` (``stop_token``, ``condition``, ``max_new_tokens``), or None."""
     if tokens and tokens[-1] in settings.stop_ids:
         return "stop_token"
     if stop_when is not None and tokens and stop_when(tokens):
@@ -153,19 +156,24 @@ def generate(
     for position, logits in enumerate(all_logits):
         token = _next_token(logits, tokens, settings)
         tokens.append(token)
-        reason = _finished(tokens, settings, stop_when)
+        reason = finish_reason(tokens, settings, stop_when)
         if reason is not None:
             return Generation(tokens, 0, reason)
         if position < len(draft) and token != draft[position]:
             _truncate(cache, prompt_length + position)  # keep the prompt and the agreed draft prefix
             break
-    # Either the draft ran out without a stop, or the model disagreed: continue token by token.
+    # Either the draft ran out without a stop, or the model disagreed: continue token by token,
+    # by the model's own fixed-shape steps where it has them (the static-cache decoder).
+    decode = getattr(model, "decode", None)
+    if decode is not None:
+        steps, reason = decode(cache, tokens, settings, stop_when)
+        return Generation(tokens, steps, reason)
     steps = 0
     while True:
         logits = model.logits(model.embed(torch.tensor([[tokens[-1]]], device=prompt_embeds.device)), cache)[-1]
         steps += 1
         tokens.append(_next_token(logits, tokens, settings))
-        reason = _finished(tokens, settings, stop_when)
+        reason = finish_reason(tokens, settings, stop_when)
         if reason is not None:
             return Generation(tokens, steps, reason)
 

@@ -27,7 +27,7 @@ from .beats import BEATs, BEATsConfig
 from .prompt import ChatTokenizer
 from .stc import STCConfig, STCConnectorV35
 from .vision import CHECKPOINT_PREFIX as SIGLIP_PREFIX
-from .vision import NUM_FRAMES, SELECT_LAYER, patch_features
+from .vision import ATTENTION, NUM_FRAMES, SELECT_LAYER, patch_features
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +245,7 @@ def siglip_config_from_dir(directory: Path) -> SiglipVisionConfig:
     """The vision config of a SiglipModel or SiglipVisionModel config.json."""
     config = _read_config(directory)
     config = config.get("vision_config", config)
-    return SiglipVisionConfig(**{k: config[k] for k in _SIGLIP_FIELDS if k in config})
+    return SiglipVisionConfig(**{k: config[k] for k in _SIGLIP_FIELDS if k in config}, attn_implementation=ATTENTION)
 
 
 def _read_config(directory: Path) -> dict:

@@ -28,6 +28,9 @@ NUM_FRAMES = 16
 IMAGE_SIZE = 384
 SELECT_LAYER = -2
 """``mm_vision_select_layer``: hidden_states[-2], the output of the last-but-one encoder layer."""
+ATTENTION = "sdpa"
+"""SigLIP's attention through ``F.scaled_dot_product_attention`` (fused kernels), whatever the
+installed transformers picks by default (older versions build the "eager" softmax)."""
 CHECKPOINT_PREFIX = "vision_model."
 """SigLIP checkpoints (full SiglipModel or SiglipVisionModel) name the tower's keys this way."""
 _RESCALE = 1 / 255
@@ -48,6 +51,7 @@ def siglip_so400m_config() -> SiglipVisionConfig:
         hidden_act="gelu_pytorch_tanh",
         layer_norm_eps=1e-6,
         attention_dropout=0.0,
+        attn_implementation=ATTENTION,
     )
 
 
@@ -63,6 +67,7 @@ def siglip_tiny_config() -> SiglipVisionConfig:
         patch_size=14,
         hidden_act="gelu_pytorch_tanh",
         layer_norm_eps=1e-6,
+        attn_implementation=ATTENTION,
     )
 
 
