@@ -109,29 +109,34 @@ def _context(dtype: torch.dtype) -> ExportContext:
                          dtype=dtype)
 
 
-def _spec(module: torch.nn.Module) -> GraphSpec:
-    return GraphSpec("time_embedding", "test", ("t", "x"), ("y",), build=lambda ctx: module,
+class KeptAndLost(torch.nn.Module):
+    """One embedding that keeps its island and one that loses it, on the same weights: one export
+    (tracing is what costs) gives both graphs."""
+
+    def __init__(self):
+        super().__init__()
+        self.keeps, self.lost = TimeEmbedding(), TimeEmbedding(island=False)
+        self.lost.load_state_dict(self.keeps.state_dict())
+
+    def forward(self, t, x):
+        return self.keeps(t, x), self.lost(t, x)
+
+
+def _spec(module: torch.nn.Module, outputs: tuple[str, ...] = ("y",)) -> GraphSpec:
+    return GraphSpec("time_embedding", "test", ("t", "x"), outputs, build=lambda ctx: module,
                      sample_inputs=lambda ctx, sizes: {}, fp32_inputs=frozenset({"t"}))
-
-
-def _typed_export(module: torch.nn.Module, inputs: dict, path: Path):
-    """Export as the exporter does for bf16: the spec's typed copy of the module, typed inputs."""
-    ctx, spec = _context(torch.bfloat16), _spec(module)
-    typed = ctx.typed_module(spec)
-    trace_to_onnx(spec, typed, spec.typed_inputs(ctx, inputs), {}, path)
-    return typed
 
 
 def test_typed_parity_passes_a_graph_that_keeps_its_islands_and_fails_one_that_lost_them(tmp_path):
     torch.manual_seed(0)
-    module = TimeEmbedding().eval()
+    module = KeptAndLost().eval()
     inputs = {"t": torch.tensor([0.37, 0.81]), "x": torch.randn(2, 8)}
-    keeps = _typed_export(module, inputs, tmp_path / "keeps.onnx")
-    lost = TimeEmbedding(island=False).eval()
-    lost.load_state_dict(module.state_dict())
-    _typed_export(lost, inputs, tmp_path / "lost.onnx")
-    assert module.freqs.dtype is torch.float32 and module.proj.weight.dtype is torch.float32  # originals untouched
-    assert keeps.freqs.dtype is torch.float32 and keeps.proj.weight.dtype is torch.bfloat16
+    ctx, spec = _context(torch.bfloat16), _spec(module, ("keeps", "lost"))
+    typed = ctx.typed_module(spec)  # as the exporter does for bf16: the typed copy, typed inputs
+    trace_to_onnx(spec, typed, spec.typed_inputs(ctx, inputs), {}, tmp_path / "typed.onnx")
+    assert module.keeps.freqs.dtype is torch.float32 and module.keeps.proj.weight.dtype is torch.float32  # untouched
+    assert typed.keeps.freqs.dtype is torch.float32 and typed.keeps.proj.weight.dtype is torch.bfloat16
+    assert typed.lost.freqs.dtype is torch.bfloat16
 
     def run(m, feeds):
         def outputs():
@@ -139,14 +144,14 @@ def test_typed_parity_passes_a_graph_that_keeps_its_islands_and_fails_one_that_l
                 return {"y": m(feeds["t"], feeds["x"])}
         return outputs
 
-    backend = OnnxRuntimeBackend()
+    graph = OnnxRuntimeBackend().load("typed", tmp_path / "typed.onnx")
+    assert graph.input_types == {"t": torch.float32, "x": torch.bfloat16}
+    assert graph.output_types == {"keeps": torch.bfloat16, "lost": torch.bfloat16}
+    got = graph.run(inputs)
     typed_feeds = {"t": inputs["t"], "x": inputs["x"].bfloat16()}
-    reports = {}
-    for name in ("keeps", "lost"):
-        graph = backend.load(name, tmp_path / f"{name}.onnx")
-        assert graph.input_types == {"t": torch.float32, "x": torch.bfloat16} and graph.output_types == {"y": torch.bfloat16}
-        reports[name] = _compare(name, run(module, inputs), lambda g=graph: g.run(inputs), 1e-4, 1e-4, "onnxruntime",
-                                 on_typed=run(keeps, typed_feeds))
+    reports = {name: _compare(name, run(module.keeps, inputs), lambda name=name: {"y": got[name]}, 1e-4, 1e-4,
+                              "onnxruntime", on_typed=run(typed.keeps, typed_feeds))  # the torch bf16 path
+               for name in ("keeps", "lost")}
     assert reports["keeps"].passed and not reports["lost"].passed
     assert reports["lost"].max_abs > 5 * reports["keeps"].max_abs
 
