@@ -86,6 +86,7 @@ setup(
     ],
     extras_require={
         "plot": ["matplotlib>=3.8"],  # deepsound_rt.plot
+        "int8": ["torchao>=0.18,<1"],  # int8 MLLM weights (mllm_precision="int8", the `low` memory tier)
         # `deepsound-rt serve` on one box, and on Ray Serve (the SDK imports neither)
         "serve": ["fastapi>=0.160,<1", "uvicorn>=0.30", "python-multipart>=0.0.20", "prometheus-client>=0.20",
                   "matplotlib>=3.8"],

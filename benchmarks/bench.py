@@ -448,11 +448,19 @@ def build_parser() -> argparse.ArgumentParser:
                              "(dynamo, no inductor), FP8 is emulated; exercises the harness, its timings mean nothing")
     parser.add_argument("--profile", action="store_true",
                         help="profile one more run of the 'all levers' variant: top kernels by device time")
+    parser.add_argument("--memory", metavar="TIERS",
+                        help="instead: peak memory and time per memory tier (benchmarks/bench_memory.py, "
+                             "its own options)")
     parser.add_argument("--out", type=Path, default=Path("out/bench"), help="directory for bench.json/.md/.png")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(arg == "--memory" or arg.startswith("--memory=") for arg in argv):  # the memory-tier table
+        import runpy
+
+        return runpy.run_path(str(Path(__file__).with_name("bench_memory.py")))["main"](argv)
     args = build_parser().parse_args(argv)
     if args.quick:
         args.duration, args.num_steps, args.warmup, args.runs = 2.0, 2, 0, 1

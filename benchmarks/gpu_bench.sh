@@ -12,7 +12,11 @@
 #      each speed lever alone, all levers together without and with FP8, side by side, and a torch
 #      profile of the all-levers run (top 15 kernels); prints the table,
 #   5. kernels: the kernel benchmarks (fused SnakeBeta bandwidth vs the card's peak, speed-ups over
-#      the torch ops, 44.1 kHz vocoder real-time factor with and without the kernel), if time is left.
+#      the torch ops, 44.1 kHz vocoder real-time factor with and without the kernel), if time is left,
+#   6. memory (issue 16; not in the default STEPS: run STEPS="build memory"): the memory tests on
+#      CUDA, then the pipeline in bf16 + CUDA graphs in tiers max, balanced and low, each in its own
+#      process: peak allocated/reserved memory per step and end to end, each tier's time against
+#      max (pytest_memory.log, memory/bench_memory.json/.md; needs the torchao wheel).
 # Results go to $OUT (default: out/gpu): build.log, pytest.log, pytest_levers.log, bench.json/.md/.png
 # (the profile is in bench.md and bench.json), bench.log, bench_kernels.json/.log. STEPS picks steps
 # (default: "build tests pipeline kernels"). A failing step is reported and the later steps still
@@ -89,6 +93,17 @@ if want kernels; then
   else
     step "kernel benchmarks: skipped, under 40 s left"
   fi
+fi
+
+if want memory; then
+  step "memory tests on CUDA (log: $OUT/pytest_memory.log)"
+  timeout "$(cap 120)" "$PYTHON" -m pytest -q -rs tests/test_memory.py -k cuda >"$OUT/pytest_memory.log" 2>&1 \
+    || fail "memory tests failed (or timed out)"
+  tail -4 "$OUT/pytest_memory.log"
+  step "memory tiers max, balanced, low (large_44k_v2, 7B MLLM, BS-RoFormer; random weights; 10 s clip)"
+  timeout "$(cap 330)" "$PYTHON" -m deepsound_rt.cli bench --memory max,balanced,low --preset large_44k_v2 \
+    --random-weights --duration 10 --cuda-graphs --warmup 1 --runs 2 --out "$OUT/memory" \
+    || fail "memory-tier benchmark failed (or timed out)"
 fi
 
 step "done: status $STATUS, results in $OUT"

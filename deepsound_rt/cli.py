@@ -19,7 +19,8 @@ def _add_engine_args(parser: argparse.ArgumentParser, default_preset: str) -> No
     """What to load and how to run it (EngineConfig), shared by run, demo and serve; choices and
     defaults are EngineConfig's."""
     from .config import PRESETS
-    from .options import BACKEND_CHOICES, COMPILE_BACKENDS, DTYPES, KERNEL_SETTINGS, EngineConfig, default_of
+    from .options import (BACKEND_CHOICES, COMPILE_BACKENDS, DTYPES, KERNEL_SETTINGS, MEMORY_TIERS, MLLM_PRECISIONS,
+                          EngineConfig, default_of)
 
     engine = functools.partial(default_of, EngineConfig)
     parser.add_argument("--preset", default=default_preset, choices=sorted(PRESETS),
@@ -44,6 +45,13 @@ def _add_engine_args(parser: argparse.ArgumentParser, default_preset: str) -> No
     parser.add_argument("--kernels", default=engine("kernels"), choices=KERNEL_SETTINGS,
                         help="our fused kernels: auto = where built for the device, on = required, off = torch ops "
                              "(default: %(default)s, from $DEEPSOUND_RT_KERNELS when set)")
+    parser.add_argument("--memory", default=engine("memory"), choices=MEMORY_TIERS,
+                        help="max: every network on the device (fastest); balanced: the MLLM and the separator "
+                             "only during their steps; low: also int8 LLM weights and the video encoders only "
+                             "while features are computed (default: %(default)s)")
+    parser.add_argument("--mllm-precision", default=engine("mllm_precision"), choices=MLLM_PRECISIONS,
+                        help="the MLLM's language-model weights: int8, or dtype (as --dtype); auto = int8 with "
+                             "--memory low (default: %(default)s)")
     speed = parser.add_argument_group("speed levers (off by default; results equal, fp8 approximates)")
     speed.add_argument("--static-decode", action="store_true", default=engine("static_decode"),
                        help="MLLM decoding with a static KV cache, greedy on the device (a CUDA graph per token on a GPU)")
@@ -178,7 +186,7 @@ def _engine_config_from_args(args: argparse.Namespace):
                         siglip=args.siglip, separator=args.separator, vad_min_speech_share=args.vad_share,
                         backend=args.backend, export=args.export, cuda_graphs=args.cuda_graphs, kernels=args.kernels,
                         static_decode=args.static_decode, compile=args.compile, fp8=args.fp8, overlap=args.overlap,
-                        sdpa_encoders=args.sdpa_encoders)
+                        sdpa_encoders=args.sdpa_encoders, memory=args.memory, mllm_precision=args.mllm_precision)
 
 
 def _engine_from_args(args: argparse.Namespace):
@@ -301,6 +309,9 @@ def _serve(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     logging.basicConfig(level=logging.WARNING, format="deepsound-rt: %(levelname)s: %(message)s")
+    # transformers imports torchao when installed, and torch >= 2.14 logs two deprecation lines for
+    # the Enum pytree constants torchao 0.18 registers: noise on every command, nothing to act on.
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     try:
         if argv[:1] == ["bench"]:  # the harness parses its own options
             return _bench(argv[1:])

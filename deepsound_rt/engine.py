@@ -23,12 +23,15 @@ from .config import DEFAULT_DURATION_S, PRESETS, Preset, resolve_device, resolve
 from .errors import DeepSoundError
 from .events import ProgressEvent, ProgressSink, StepEvent
 from .io.video import load_video
+from .memory import check_fits, mllm_parts, pipeline_bytes, resolve_tier
 from .models.graphs import generator_graph_modules, release_unused
 from .models.loading import GeneratorModels, load_generator_models
 from .models.mmaudio.network import sequence_lengths
 from .models.mmaudio.sampler import initial_noise
+from .models.spec import graph_spec
 from .options import EngineConfig, RunOptions, with_overrides
 from .pipeline import StepRunner
+from .residency import Residency
 from .results import DeepSoundResult, GenerationResult
 from .stages import decode, features, generate
 from .stages.silence import check_silence
@@ -58,12 +61,25 @@ class Engine:
         self.use_kernels = kernels.enabled_for(config.kernels, self.device)
         if config.fp8 and self.device.type == "cuda" and not has_fp8_kernel(self.device):
             raise DeepSoundError("fp8 needs an NVIDIA GPU of compute capability 9.0 or newer (Hopper)")
+        # The memory tier: one that the device cannot hold is refused here, before anything loads.
+        self.tier, self.int8_llm = resolve_tier(config.memory, config.mllm_precision)
+        if self.int8_llm:
+            from .models.mllm.quantize import require_torchao
+
+            require_torchao()
+        check_fits(pipeline_bytes(self), config.memory, config.mllm_precision, self.device)
+        self.residency = Residency(self.device)
         self.loader = GraphLoader(config.backend, config.export, self.device, self.dtype, self.preset.name,
                                   self.use_kernels, compile=config.compile, cuda_graphs=config.cuda_graphs)
         self.models: GeneratorModels = load_generator_models(
             self.preset, config.weights, self.device, self.dtype, config.weights_source,
             verify_checksums=config.verify_checksums, use_kernels=self.use_kernels)
         self.graphs = self._load_graphs()
+        if self.tier.offload_encoders:  # those on torch (an exported graph holds its own weights; none is a CUDA graph)
+            on_torch = {network for name, graph in self.graphs.items() if isinstance(graph, TorchGraph)
+                        for network in graph_spec(name).networks}
+            self.residency.offload("encoders", [getattr(self.models, network) for network in ("clip", "synchformer")
+                                                if network in on_torch])
 
     def _load_graphs(self) -> dict[str, Graph]:
         """Each generator graph on its backend (exported graphs where the export and the backend
@@ -108,8 +124,10 @@ class Engine:
             raise DeepSoundError("this step needs the MLLM: set EngineConfig.mllm (CLI --mllm DIR)")
         else:
             reasoner = MLLMReasoner.from_dirs(self.config.mllm, self.config.siglip, device=self.device,
-                                              dtype=self.dtype, use_kernels=self.use_kernels)
-        return self._with_levers(reasoner.use_graphs(self.loader.load(reasoner.graph_modules(), torch_fallback=False)))
+                                              dtype=self.dtype, use_kernels=self.use_kernels,
+                                              weights_device=self._mllm_weights_device)
+        reasoner.use_graphs(self.loader.load(reasoner.graph_modules(), torch_fallback=False))
+        return self._fit_mllm("mllm", self._with_levers(reasoner))
 
     def _with_levers(self, reasoner):
         """The MLLM's speed levers: static-cache decoding, SDPA in BEATs."""
@@ -117,6 +135,23 @@ class Engine:
             reasoner.use_static_cache()
         if self.config.sdpa_encoders:
             reasoner.model.model.audio_tower.use_sdpa()
+        return reasoner
+
+    @property
+    def _mllm_weights_device(self) -> torch.device:
+        """Where an MLLM checkpoint loads: the host when the tier offloads it (the device never
+        holds it whole outside its steps, not even while loading)."""
+        return torch.device("cpu") if self.tier.offload_steps else self.device
+
+    def _fit_mllm(self, network: str, reasoner):
+        """The memory tier's part: int8 language-model weights (quantised on the compute device,
+        layer by layer), then host copies between steps."""
+        from .models.mllm.quantize import quantize_llm_int8
+
+        if self.int8_llm:
+            quantize_llm_int8(reasoner.model, work_device=self.device)
+        if self.tier.offload_steps:
+            self.residency.offload(network, mllm_parts(reasoner.model), in_order=True)
         return reasoner
 
     @functools.cached_property
@@ -127,8 +162,9 @@ class Engine:
         judge_dir = self.config.judge_mllm
         if judge_dir is None or self.config.weights_source.random or judge_dir == self.config.mllm:
             return self.reasoner
-        return self._with_levers(MLLMReasoner.from_dirs(judge_dir, self.config.siglip, device=self.device,
-                                                        dtype=self.dtype, use_kernels=self.use_kernels))
+        return self._fit_mllm("judge_mllm", self._with_levers(MLLMReasoner.from_dirs(
+            judge_dir, self.config.siglip, device=self.device, dtype=self.dtype, use_kernels=self.use_kernels,
+            weights_device=self._mllm_weights_device)))
 
     @functools.cached_property
     def detector(self):
@@ -145,7 +181,10 @@ class Engine:
         source = self.config.weights_source
         separator = load_separator(source, None if source.random else self.separator_path(), self.device,
                                    self.dtype, use_kernels=self.use_kernels)
-        return separator.use_graphs(self.loader.load(separator.graph_modules(), torch_fallback=False))
+        separator.use_graphs(self.loader.load(separator.graph_modules(), torch_fallback=False))
+        if self.tier.offload_steps:
+            self.residency.offload("separator", [separator.model])
+        return separator
 
     def separator_path(self) -> Path:
         from .models.bs_roformer import SEPARATOR_FILE
@@ -156,6 +195,19 @@ class Engine:
             raise DeepSoundError("voice-over removal needs the BS-RoFormer checkpoint: set EngineConfig.separator "
                                  "(CLI --separator FILE) or put it in the weights directory")
         return find_weight_file(self.config.weights, SEPARATOR_FILE)
+
+    def _on_device(self, step: str):
+        """The weights ``step`` runs on, on the device for the body: the one place where the memory
+        tier meets the steps (nothing happens for the networks the tier keeps resident)."""
+        network = {"plan": "mllm", "features": "encoders", "remove": "separator",
+                   "judge": "judge_mllm" if "judge_mllm" in self.residency else "mllm"}[step]
+        return self.residency.on_device(network)
+
+    def plan(self, video: Path):
+        """Step 0: the MLLM's plan of steps for ``video``."""
+        reasoner = self.reasoner
+        with self._on_device("plan"):
+            return reasoner.plan(video)
 
     def judge_voice_over(self, video: Path, audio: np.ndarray, sample_rate: int, judge: str,
                          media=None) -> tuple[bool, dict]:
@@ -168,15 +220,19 @@ class Engine:
         if judge == "vad":
             decision = self.detector.detect(audio, sample_rate)
             return decision.voice_over, {"speech_share": decision.speech_share, "segments": decision.segments}
-        answer = self.judge_reasoner.judge_voice_over(video, audio, sample_rate, mode=judge,
-                                                      duration_s=len(audio) / sample_rate, media=media)
-        return answer.voice_over, {"answer": answer.text, "timings": self.judge_reasoner.last_timings}
+        reasoner = self.judge_reasoner
+        with self._on_device("judge"):
+            answer = reasoner.judge_voice_over(video, audio, sample_rate, mode=judge,
+                                               duration_s=len(audio) / sample_rate, media=media)
+        return answer.voice_over, {"answer": answer.text, "timings": reasoner.last_timings}
 
     def remove_voice_over(self, audio: np.ndarray, sample_rate: int) -> tuple[np.ndarray, Timings]:
         """Step 3: the instrumental part of ``audio`` (mix minus vocals), same rate and length, and
         how long the separator took on which backend."""
-        instrumental = self.separator.remove_vocals(audio, sample_rate)
-        return instrumental, self.separator.last_timings
+        separator = self.separator
+        with self._on_device("remove"):
+            instrumental = separator.remove_vocals(audio, sample_rate)
+        return instrumental, separator.last_timings
 
     def check_silence(self, audio: np.ndarray):
         """Step 4: DeepSound's RMS rule with the configured thresholds."""
@@ -211,35 +267,36 @@ class Engine:
             report(ProgressEvent(name, 0, 1))
             return timings.measure(name, self.device, graph.backend if graph is not None else "")
 
-        duration = DEFAULT_DURATION_S if options.duration is None else options.duration
-        clip_f = None
-        if self.config.overlap:  # CLIP encodes the frames decoded so far while decoding goes on
-            report(ProgressEvent("video decode", 0, 1))
-            clip, clip_f = features.clip_image_features_while_decoding(graphs["clip_image"], video, duration,
-                                                                       timings, self.device)
-        else:
-            with stage("video decode"):
-                clip = load_video(video, duration)
-        report(ProgressEvent("video decode", 1, 1))
-        if on_decoded is not None:
-            on_decoded(clip.duration_s)
+        with self._on_device("features"):  # the low tier keeps CLIP and the Synchformer on the host after
+            duration = DEFAULT_DURATION_S if options.duration is None else options.duration
+            clip_f = None
+            if self.config.overlap:  # CLIP encodes the frames decoded so far while decoding goes on
+                report(ProgressEvent("video decode", 0, 1))
+                clip, clip_f = features.clip_image_features_while_decoding(graphs["clip_image"], video, duration,
+                                                                           timings, self.device)
+            else:
+                with stage("video decode"):
+                    clip = load_video(video, duration)
+            report(ProgressEvent("video decode", 1, 1))
+            if on_decoded is not None:
+                on_decoded(clip.duration_s)
 
-        check_export_duration(graphs, self.preset.name, clip.duration_s)  # exports bake in their duration
-        latent_len, clip_len, sync_len = sequence_lengths(clip.duration_s, self.preset.sampling_rate,
-                                                          self.preset.hop_length)
-        self.models.set_sequence_lengths(latent_len, clip_len, sync_len)
+            check_export_duration(graphs, self.preset.name, clip.duration_s)  # exports bake in their duration
+            latent_len, clip_len, sync_len = sequence_lengths(clip.duration_s, self.preset.sampling_rate,
+                                                              self.preset.hop_length)
+            self.models.set_sequence_lengths(latent_len, clip_len, sync_len)
 
-        if clip_f is None:
-            with stage("clip", graphs["clip_image"]):
-                clip_f = features.clip_image_features(graphs["clip_image"], clip.clip_frames[:clip_len])
-        report(ProgressEvent("clip", 1, 1))
-        with stage("synchformer", graphs["sync"]):
-            sync_f = features.sync_features(graphs["sync"], clip.sync_frames)
-        report(ProgressEvent("synchformer", 1, 1))
-        with stage("text", graphs["clip_text"]):
-            tokens = self.models.tokenize([options.prompt, options.negative_prompt])
-            text_f = features.text_features(graphs["clip_text"], tokens)
-        report(ProgressEvent("text", 1, 1))
+            if clip_f is None:
+                with stage("clip", graphs["clip_image"]):
+                    clip_f = features.clip_image_features(graphs["clip_image"], clip.clip_frames[:clip_len])
+            report(ProgressEvent("clip", 1, 1))
+            with stage("synchformer", graphs["sync"]):
+                sync_f = features.sync_features(graphs["sync"], clip.sync_frames)
+            report(ProgressEvent("synchformer", 1, 1))
+            with stage("text", graphs["clip_text"]):
+                tokens = self.models.tokenize([options.prompt, options.negative_prompt])
+                text_f = features.text_features(graphs["clip_text"], tokens)
+            report(ProgressEvent("text", 1, 1))
 
         with stage("conditions", graphs["flow_conditions"]):
             conditions = generate.prepare_conditions(graphs["flow_conditions"], clip_f[:, :clip_len],

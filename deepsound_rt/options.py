@@ -29,6 +29,12 @@ KERNELS_ENV = "DEEPSOUND_RT_KERNELS"
 DTYPES = ("auto", *DTYPE_NAMES)
 BACKEND_CHOICES = (AUTO, *BACKENDS)
 WEIGHTS_SOURCES = ("auto", *(source.value for source in WeightsSource))
+MEMORY_TIERS = ("max", "balanced", "low")
+"""Fastest first. max: every network on the device; balanced: the MLLM and the separator only during
+their steps; low: also int8 LLM weights and the video encoders only while features are computed
+(deepsound_rt.memory)."""
+MLLM_PRECISIONS = ("auto", "int8", "dtype")
+"""The MLLM's language-model weights: int8, or the Engine's dtype; auto: int8 in the low tier."""
 MAX_SEED = 2**63
 
 
@@ -98,6 +104,8 @@ class EngineConfig:
     fp8: bool = False  # FP8 matmuls in the flow network's blocks (Hopper; emulated in float32 elsewhere)
     overlap: bool = False  # plan beside step 1, video decoding beside CLIP, the judge's encoders ahead of it
     sdpa_encoders: bool = False  # BEATs attention by SDPA (one fused kernel) instead of upstream's softmax
+    memory: str = "max"  # see MEMORY_TIERS
+    mllm_precision: str = "auto"  # see MLLM_PRECISIONS
 
     def __post_init__(self) -> None:
         _choice("preset", self.preset, tuple(sorted(PRESETS)))
@@ -106,6 +114,8 @@ class EngineConfig:
         if self.compile is not None:
             _choice("compile backend", self.compile, COMPILE_BACKENDS)
         _choice(f"kernels setting (EngineConfig.kernels or ${KERNELS_ENV})", self.kernels, KERNEL_SETTINGS)
+        _choice("memory tier", self.memory, MEMORY_TIERS)
+        _choice("mllm_precision", self.mllm_precision, MLLM_PRECISIONS)
         object.__setattr__(self, "weights_source", resolve_weights_source(self.preset, self.weights_source))
         if not isinstance(self.device, str) or not (self.device in ("auto", "cpu", "cuda")
                                                     or self.device.removeprefix("cuda:").isdigit()):
@@ -121,6 +131,12 @@ class EngineConfig:
                 raise DeepSoundError(f"{name} must be True or False, got {getattr(self, name)!r}")
         for name in ("weights", "mllm", "judge_mllm", "siglip", "separator", "export"):
             object.__setattr__(self, name, _optional_path(name, getattr(self, name)))
+        # A tier that moves weights between steps cannot serve levers that run the MLLM ahead of its
+        # step or keep hold of the weights they first saw (captured decoding, compiled graphs).
+        holding = [name for name in ("overlap", "static_decode", "compile") if getattr(self, name)]
+        if self.memory != "max" and holding:
+            raise DeepSoundError(f"memory tier {self.memory!r} moves weights between steps, which "
+                                 f"{', '.join(holding)} cannot follow: use memory='max' with them")
 
 
 @dataclass(frozen=True)

@@ -135,7 +135,7 @@ class StepRunner:
         started = time.perf_counter()
         engine, details = self.engine, {}
         if engine.has_planner:
-            plan = engine.reasoner.plan(self.video)
+            plan = engine.plan(self.video)
             steps, how = plan.steps, ("fast path" if plan.fast_path else "generated")
             details["timings"] = engine.reasoner.last_timings
             if plan.defaulted:  # the parser has logged the unusable text

@@ -42,6 +42,7 @@ class Timings:
 
 def _synchronize(device: torch.device | None) -> None:
     """Wait for the work queued on the calling thread's stream: with ``overlap`` other threads run
-    other steps on their own streams, which neither count here nor should be waited for."""
+    other steps on their own streams, and the memory tiers copy weights on a side stream meant to
+    overlap the stage; neither counts here nor should be waited for."""
     if device is not None and device.type == "cuda":
         torch.cuda.current_stream(device).synchronize()

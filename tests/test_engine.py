@@ -116,7 +116,9 @@ def test_options_are_validated_once_with_the_allowed_values_named():
     for bad, allowed in [({"kernels": "fast"}, "auto, on, off"), ({"vad_min_speech_share": 1.5}, r"\[0, 1\]"),
                          ({"device": "gpu"}, "cuda:N"), ({"cfg_strength": float("inf")}, "finite"),
                          ({"weights_source": "mine"}, "tiny-random"), ({"compile": "tensorrt"}, "inductor, eager"),
-                         ({"overlap": 1}, "True or False")]:
+                         ({"overlap": 1}, "True or False"), ({"memory": "huge"}, "max, balanced, low"),
+                         ({"mllm_precision": "int4"}, "auto, int8, dtype"),
+                         ({"memory": "low", "overlap": True}, "overlap cannot follow: use memory='max'")]:
         with pytest.raises(DeepSoundError, match=allowed):
             EngineConfig(**bad)
 

@@ -3,6 +3,7 @@ decoding shortcuts (each must give exactly what plain greedy decoding gives), th
 reasoning stage."""
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from deepsound_rt.errors import WeightsError
 from deepsound_rt.models.mllm import decoding, prompt, vision
 from deepsound_rt.models.mllm.decoding import DecodingSettings, generate
 from deepsound_rt.models.mllm.prompt import CANONICAL_PLAN_STEPS, CANONICAL_PLAN_TEXT, IM_END
+from deepsound_rt.models.mllm.quantize import llm_linears, quantize_llm_int8
 from deepsound_rt.models.mllm.static_cache import StaticCacheDecoder
 from deepsound_rt.models.mllm.tiny import tiny_config_json, tiny_mllm
 from deepsound_rt.stages.reason import MLLMReasoner, to_16k_mono
@@ -336,3 +338,78 @@ def test_reasoner_stage_on_the_sample_video() -> None:
         assert isinstance(answer.voice_over, bool) and isinstance(answer.text, str)
     with pytest.raises(ValueError):
         reasoner.judge_voice_over(SAMPLE_VIDEO, audio, 44100, mode="vad")
+
+
+# --- int8 language-model weights -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int8_weights_are_per_output_channel_within_half_a_step(dtype) -> None:
+    """Every weight within half its row's step max|w_i| / 127.5 (computed here in float64), every
+    row reaching the int8 extremes (so the step is per channel, not per tensor), the rest of the
+    model untouched. bf16 weights are where a step rounded to bf16 would overshoot the clamp."""
+    model, _ = tiny_mllm(seed=3, dtype=dtype)
+    linears = dict(llm_linears(model))
+    before = {name: linear.weight.detach().double() for name, linear in linears.items()}
+    others = {k: v.clone() for k, v in model.state_dict().items() if k.removesuffix(".weight") not in linears}
+    tower = {k: v.clone() for k, v in model.vision_tower.state_dict().items()}
+    quantize_llm_int8(model)
+    assert set(before) == {name for name, _ in llm_linears(model)} and len(before) == 2 * 7  # 2 layers
+    for name, linear in llm_linears(model):
+        weight, original = linear.weight, before[name]
+        assert weight.qdata.dtype == torch.int8 and weight.shape == original.shape and weight.dtype == dtype
+        step = original.abs().amax(dim=1, keepdim=True) / 127.5
+        assert ((_dequantized(weight) - original).abs() <= step * (0.5 + 2e-5)).all(), name
+        assert set(weight.qdata.int().abs().amax(dim=1).tolist()) <= {127, 128}, name
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in others.items())
+    assert all(torch.equal(model.vision_tower.state_dict()[k], v) for k, v in tower.items())
+
+
+def test_int8_layers_stay_within_half_a_step_times_the_input_norm() -> None:
+    """On the real judge prompt (the sample video, 1352 video and 1496 audio tokens, then decoding;
+    the plan's prompt is its video part): every int8 layer's output is the float64 product with
+    its int8 weights (up to float32 rounding), and within (step_i / 2) · ‖x‖₁ of the
+    full-precision layer's, the stated bound. The greedy answer, hence the judge's decision, is the
+    full-precision model's (the taught plan and decisions: the next test)."""
+    reference = MLLMReasoner.random(seed=5, max_new_tokens=8)
+    quantized = MLLMReasoner.random(seed=5, max_new_tokens=8)
+    weights = {name: linear.weight.detach().double() for name, linear in llm_linears(reference.model)}
+    quantize_llm_int8(quantized.model)
+    calls = []
+    hooks = [linear.register_forward_hook(lambda _m, inputs, output, name=name: calls.append((name, inputs[0], output)))
+             for name, linear in llm_linears(quantized.model)]
+    audio = np.random.default_rng(0).standard_normal(2 * 44100).astype(np.float32) * 0.1
+    try:
+        judge = quantized.judge_voice_over(SAMPLE_VIDEO, audio, 44100, mode="qa", duration_s=2.0)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert {name for name, _, _ in calls} == set(weights)
+    for name, x, y in calls:
+        x, y = x.double().reshape(-1, x.shape[-1]), y.double().reshape(-1, y.shape[-1])
+        original, dequantized = weights[name], _dequantized(dict(llm_linears(quantized.model))[name].weight)
+        rounding = 1e-5 * (x.abs() @ original.abs().T) + 1e-30
+        assert ((y - x @ dequantized.T).abs() <= rounding).all(), name
+        step = original.abs().amax(dim=1) / 127.5
+        assert ((y - x @ original.T).abs() <= step / 2 * x.abs().sum(dim=1, keepdim=True) + rounding).all(), name
+    assert judge == reference.judge_voice_over(SAMPLE_VIDEO, audio, 44100, mode="qa", duration_s=2.0)
+
+
+def _dequantized(weight) -> torch.Tensor:
+    """int8 values times their row's step, in float64 (symmetric: the zero points are 0)."""
+    assert not weight.zero_point.any()
+    return weight.qdata.double() * weight.scale.double()
+
+
+def test_int8_keeps_the_taught_answers(taught) -> None:
+    """The judge's A/B decisions and the plan of a model taught to give them do not flip."""
+    model, tokenizer, prompts, targets = taught
+    quantized = copy.deepcopy(model)
+    quantize_llm_int8(quantized)
+    settings = _settings(tokenizer)
+    for name in targets:
+        assert generate(quantized, prompts[name], settings).tokens == targets[name], name
+    assert decoding.judge_qa(quantized, tokenizer, prompts["qa_yes"], settings).voice_over is True
+    assert decoding.judge_qa(quantized, tokenizer, prompts["qa_no"], settings).voice_over is False
+    assert decoding.judge_cot(quantized, tokenizer, prompts["cot"], settings).voice_over is True

@@ -182,12 +182,15 @@ class MLLMReasoner:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float16,
         use_kernels: bool = False,
+        weights_device: str | torch.device | None = None,
     ) -> "MLLMReasoner":
         """Load an HF-style VideoLLaMA2.1-7B-AV(-CoT/-QA) directory and the SigLIP tower directory
-        (default: ``siglip-so400m-patch14-384`` inside or beside the LLM directory)."""
+        (default: ``siglip-so400m-patch14-384`` inside or beside the LLM directory). The weights
+        load onto ``weights_device`` (default: ``device``, where the inputs go)."""
         llm_dir = Path(llm_dir)
         siglip = Path(siglip_dir) if siglip_dir is not None else _find_siglip(llm_dir)
-        model, tokenizer = VideoLLaMA2AV.from_pretrained_dir(llm_dir, siglip, dtype=dtype, device=device)
+        model, tokenizer = VideoLLaMA2AV.from_pretrained_dir(llm_dir, siglip, dtype=dtype,
+                                                             device=weights_device or device)
         return cls(model, tokenizer, device, dtype, decoding.settings_from_dir(llm_dir, tokenizer),
                    use_kernels=use_kernels)
 
