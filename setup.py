@@ -92,6 +92,9 @@ setup(
                   "matplotlib>=3.8"],
         "ray": ["ray[serve]>=2.60,<3", "fastapi>=0.160,<1", "uvicorn>=0.30", "python-multipart>=0.0.20",
                 "prometheus-client>=0.20", "matplotlib>=3.8"],
+        # The versions the TensorRT backend is written for (README: never run here). onnxruntime-gpu
+        # replaces the CPU onnxruntime above (both install the module `onnxruntime`): README, GPU extra.
+        "gpu": ["tensorrt>=10.0,<12", "onnxruntime-gpu>=1.27,<2"],
     },
     ext_modules=[CMakeExtension("deepsound_rt._kernels", ROOT)],
     cmdclass={"build_ext": CMakeBuild},

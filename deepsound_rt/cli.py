@@ -138,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .config import DEFAULT_DURATION_S, PRESETS
     from .export.exporter import EXPORT_DTYPES
     from .io.output import AUDIO_SUFFIXES, VIDEO_SUFFIXES
+    from .verify.export_parity import VERIFY_BACKENDS
 
     parser = argparse.ArgumentParser(prog="deepsound-rt", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -166,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--weights", type=Path, help="directory with the official checkpoint files")
     export.add_argument("--random-weights", action="store_true", help="full-size graphs with random weights")
     export.add_argument("--dtype", default=EXPORT_DTYPES[0], choices=EXPORT_DTYPES,
-                        help="graph precision; TensorRT picks fp16/bf16 when it builds its engines")
+                        help="graph precision: fp32 (default), or bf16/fp16 typed graphs, which TensorRT builds at "
+                             "that precision")
     export.add_argument("--duration", type=float, default=DEFAULT_DURATION_S,
                         help="clip seconds baked into the flow graphs (%(default)s)")
     export.add_argument("--graphs", nargs="+", metavar="GRAPH",
@@ -181,8 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--manifests", type=Path, default=None,
                         help="manifest directory (default: ../shared/reference/manifests)")
     verify.add_argument("--export", type=Path,
-                        help="instead: run each graph of this export on ONNX Runtime and its torch module, compare")
+                        help="instead: run each graph of this export on --backend and its torch module, compare")
     verify.add_argument("--weights", type=Path, help="with --export: the weights the export was made from")
+    verify.add_argument("--backend", default=VERIFY_BACKENDS[0], choices=VERIFY_BACKENDS,
+                        help="with --export: run the graphs on ONNX Runtime (CPU, the default) or TensorRT (CUDA GPU)")
     sub.add_parser("bench", help="per-stage latency, every variant side by side (deepsound-rt bench --help)")
 
     serve = sub.add_parser("serve", help="HTTP job API with live step events, metrics and a web page")
@@ -321,7 +325,7 @@ def _verify(args: argparse.Namespace) -> int:
     if args.export is not None:
         from .verify.export_parity import run_export_verify
 
-        return run_export_verify(args.export, args.weights)
+        return run_export_verify(args.export, args.weights, args.backend)
     from .verify.report import run_verify
 
     return run_verify(goldens=args.goldens, manifests_dir=args.manifests, manifests=args.manifest)

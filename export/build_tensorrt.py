@@ -1,7 +1,11 @@
 """Build (or find in the cache) a TensorRT engine for every graph of an export, then time one run
-of each on random inputs of the profile's opt shapes. Needs a CUDA GPU and the tensorrt package:
+of each on random inputs of the profile's opt shapes. Needs a CUDA GPU and TensorRT 10.x or 11.x
+(``pip install 'deepsound_rt[gpu]'``). Engines take the export's precision
+(``deepsound-rt export --dtype``); an fp32 export may also build ``tf32`` engines, and on TensorRT 10
+``fp16``/``bf16`` ones through the deprecated builder flags:
 
-    python export/build_tensorrt.py --export out/exports/large_44k_v2 --precision bf16
+    deepsound-rt export --preset large_44k_v2 --random-weights --dtype bf16 --out out/exports/large_bf16
+    python export/build_tensorrt.py --export out/exports/large_bf16
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from deepsound_rt.backends.tensorrt_backend import PRECISION_FLAGS, TensorRTBackend, optimization_profile
+from deepsound_rt.backends.tensorrt_backend import PRECISIONS, TensorRTBackend, optimization_profile
 from deepsound_rt.errors import DeepSoundError
 from deepsound_rt.export import ExportManifest
 from deepsound_rt.export.manifest import ENGINE_CACHE_DIR
@@ -34,7 +38,7 @@ def opt_inputs(record, device: torch.device) -> dict[str, torch.Tensor]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--export", type=Path, required=True, help="export directory")
-    parser.add_argument("--precision", default="bf16", choices=sorted(PRECISION_FLAGS))
+    parser.add_argument("--precision", choices=PRECISIONS, help="engine precision (default: the export's)")
     parser.add_argument("--cache", type=Path, help=f"engine cache (default: EXPORT/{ENGINE_CACHE_DIR})")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--refuse-corrupt", action="store_true", help="fail on a damaged cached engine instead of rebuilding")
@@ -44,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         manifest = ExportManifest.load(args.export)
         manifest.check_files(args.export, args.graphs)
         device = torch.device(args.device)
-        backend = TensorRTBackend(device, args.precision, args.cache or args.export / ENGINE_CACHE_DIR,
+        backend = TensorRTBackend(device, args.cache or args.export / ENGINE_CACHE_DIR, manifest.precision,
+                                  args.precision, manifest.opset,
                                   on_corrupt="refuse" if args.refuse_corrupt else "rebuild")
         for name in args.graphs or manifest.graphs:
             started = time.perf_counter()
@@ -56,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             graph.run(inputs)
             torch.cuda.synchronize(device)
-            print(f"{name:<16} engine {graph.cache_status:<7} {build_s:7.1f} s   run {1e3 * (time.perf_counter() - started):8.2f} ms")
+            print(f"{name:<16} {backend.precision} engine {graph.cache_status:<7} {build_s:7.1f} s   "
+                  f"run {1e3 * (time.perf_counter() - started):8.2f} ms")
         return 0
     except DeepSoundError as exc:
         print(f"build_tensorrt: error: {exc}", file=sys.stderr)

@@ -72,13 +72,13 @@ def test_a_named_backend_must_be_available_and_exported():
 def test_providers_prefer_tensorrt_then_cuda_and_cpu_stays_last(tmp_path):
     everything = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     cuda = torch.device("cuda:1")
-    chosen = select_providers(everything, cuda, torch.float16, tmp_path)
+    chosen = select_providers(everything, cuda, "fp16", tmp_path)
     assert [name for name, _ in chosen] == everything
     assert chosen[0][1]["trt_fp16_enable"] and chosen[0][1]["device_id"] == 1 and chosen[1][1] == {"device_id": 1}
-    assert [n for n, _ in select_providers(everything, cuda, torch.float32, None)] == everything[1:]
-    assert select_providers(everything, torch.device("cpu"), torch.float32, tmp_path) == [("CPUExecutionProvider", {})]
+    assert [n for n, _ in select_providers(everything, cuda, "fp32", None)] == everything[1:]
+    assert select_providers(everything, torch.device("cpu"), "fp32", tmp_path) == [("CPUExecutionProvider", {})]
     with pytest.raises(DeepSoundError, match="onnxruntime-gpu"):
-        select_providers(["CPUExecutionProvider"], cuda, torch.float32)
+        select_providers(["CPUExecutionProvider"], cuda, "fp32")
 
 
 @pytest.fixture(scope="module")

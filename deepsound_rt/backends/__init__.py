@@ -57,7 +57,8 @@ def choose_backends(requested: str | None, available: Sequence[str], graph_names
     if requested not in BACKENDS:
         raise DeepSoundError(f"unknown backend '{requested}' (use {AUTO}, {', '.join(BACKENDS)})")
     if requested not in available:
-        raise DeepSoundError(f"backend '{requested}' is not available here (available: {', '.join(available)})")
+        needs = "; it needs a CUDA GPU and pip install 'deepsound_rt[gpu]'" if requested == "tensorrt" else ""
+        raise DeepSoundError(f"backend '{requested}' is not available here (available: {', '.join(available)}{needs})")
     if requested != "torch":
         missing = [name for name in graph_names if name not in exported]
         if missing and not exported:
@@ -112,7 +113,8 @@ class GraphLoader:
 
         Exported graphs must match their manifest hashes and the weights of their modules (dtype
         casts allowed); each violation is an ``ExportError``. TensorRT engines are cached in
-        ``engine_cache_dir`` (default: ``<export>/tensorrt``) and built at the dtype's precision.
+        ``engine_cache_dir`` (default: ``<export>/tensorrt``) and built at the export's precision
+        (``deepsound-rt export --dtype``), whatever dtype the torch graphs run in.
         """
         from ..export.manifest import ENGINE_CACHE_DIR, ExportError, weights_fingerprint
 
@@ -138,7 +140,7 @@ class GraphLoader:
                 raise ExportError(f"export {self.export} was made from other weights than those loaded (graph {name}): "
                                   f"re-export with the same preset and weights")
         cache_dir = Path(self.engine_cache_dir) if self.engine_cache_dir is not None else self.export / ENGINE_CACHE_DIR
-        loaders = _export_loaders(self.device, self.dtype, cache_dir)
+        loaders = _export_loaders(self.device, cache_dir, self.manifest)
         for name in from_export:
             graph = loaders[choice[name]](name, self.export, self.manifest.graphs[name])
             graph.manifest = self.manifest
@@ -146,19 +148,20 @@ class GraphLoader:
         return {name: graphs[name] for name in modules if name in graphs}
 
 
-def _export_loaders(device: torch.device, dtype: torch.dtype, cache_dir: Path) -> dict:
+def _export_loaders(device: torch.device, cache_dir: Path, manifest: ExportManifest) -> dict:
     """backend name -> (name, export_dir, record) -> graph; each runtime imported only when used."""
 
     def onnxruntime(name, export_dir, record):
         from .onnxruntime_backend import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(device, dtype, tensorrt_cache_dir=cache_dir / "onnxruntime").load(
-            name, export_dir / record.onnx_file)
+        return OnnxRuntimeBackend(device, tensorrt_cache_dir=cache_dir / "onnxruntime",
+                                  export_dtype=manifest.precision).load(name, export_dir / record.onnx_file, record)
 
     def tensorrt(name, export_dir, record):
-        from .tensorrt_backend import DTYPE_PRECISIONS, TensorRTBackend
+        from .tensorrt_backend import TensorRTBackend
 
-        return TensorRTBackend(device, DTYPE_PRECISIONS[dtype], cache_dir).load(name, export_dir, record)
+        return TensorRTBackend(device, cache_dir, manifest.precision, opset=manifest.opset).load(
+            name, export_dir, record)
 
     return {"onnxruntime": onnxruntime, "tensorrt": tensorrt}
 

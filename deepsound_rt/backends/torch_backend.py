@@ -25,10 +25,7 @@ class TorchGraph:
         self.dtype = dtype
 
     def _prepare(self, name: str, value: torch.Tensor) -> torch.Tensor:
-        if not value.is_floating_point():
-            return value.to(self.device, non_blocking=True)
-        dtype = torch.float32 if name in self.spec.fp32_inputs else self.dtype
-        return value.to(self.device, dtype, non_blocking=True)
+        return value.to(self.device, self.spec.input_dtype(name, value, self.dtype), non_blocking=True)
 
     def run(self, inputs: Tensors) -> dict[str, torch.Tensor]:
         missing = [n for n in self.spec.inputs if n not in inputs]

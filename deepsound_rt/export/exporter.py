@@ -7,7 +7,7 @@ from typing import Callable, Sequence
 import onnx
 import torch
 
-from ..config import DEFAULT_DURATION_S, PRESETS
+from ..config import DEFAULT_DURATION_S, DTYPE_NAMES, PRESETS
 from ..errors import WeightsError
 from ..events import ProgressEvent
 from ..models.spec import ExportContext, default_graphs, graph_specs
@@ -17,7 +17,8 @@ from .manifest import (ENGINE_CACHE_DIR, MANIFEST_NAME, ExportError, ExportManif
                        weights_fingerprint)
 from .onnx import OPSET, graph_files, tensor_specs, tensorrt_incompatibilities, trace_to_onnx
 
-EXPORT_DTYPES = ("fp32",)
+EXPORT_DTYPES = tuple(DTYPE_NAMES)  # fp32 (the default) first
+
 _EXPORT_SUFFIXES = (".onnx", ".onnx.data", ".partial")
 
 
@@ -30,17 +31,19 @@ def export_preset(preset_name: str, out_dir: str | Path, weights: str | Path | N
     of ``preset_name`` for clips of ``duration_s`` seconds into ``out_dir`` and return the manifest
     written there. ``weights_source`` as ``EngineConfig.weights_source`` (auto: the preset's own).
 
-    Graphs are fp32: ONNX Runtime on a CPU wants fp32, and TensorRT picks fp16/bf16 when it
-    builds its engine, so one export serves every precision. The duration's sequence lengths
-    (rotary tables, the sync up-sampling map) are baked into the flow graphs; the encoders and
-    decoders keep dynamic lengths up to the duration's.
+    ``dtype`` is the graphs' type, recorded as the manifest's ``precision``: ``fp32`` for ONNX
+    Runtime on a CPU (and fp32/tf32 TensorRT engines); ``bf16``/``fp16`` give typed graphs for
+    16-bit TensorRT engines (TensorRT 11 takes the precision from the graph alone), traced from
+    copies of the modules cast as the Engine casts them (:meth:`ExportContext.typed`). Graphs that
+    ship as ONNX (the detector) stay fp32. The duration's sequence lengths (rotary tables, the
+    sync up-sampling map) are baked into the flow graphs; the encoders and decoders keep dynamic
+    lengths up to the duration's.
     """
     report = progress or (lambda event: None)
     if preset_name not in PRESETS:
         raise ExportError(f"unknown preset '{preset_name}' (choose from {', '.join(sorted(PRESETS))})")
     if dtype not in EXPORT_DTYPES:
-        raise ExportError(f"export dtype '{dtype}' is not offered: graphs are exported in fp32 and TensorRT "
-                          "chooses fp16/bf16 when it builds the engine (export/build_tensorrt.py --precision)")
+        raise ExportError(f"export dtype '{dtype}' is not offered (use {', '.join(EXPORT_DTYPES)})")
     preset = PRESETS[preset_name]
     source = resolve_weights_source(preset_name, weights_source)
     specs = graph_specs()
@@ -49,7 +52,8 @@ def export_preset(preset_name: str, out_dir: str | Path, weights: str | Path | N
     if unknown:
         raise ExportError(f"unknown graphs {unknown} (known: {', '.join(specs)})")
     lengths = sequence_lengths_for(preset_name, duration_s)
-    ctx = ExportContext(preset, duration_s, lengths, source, weights=None if weights is None else Path(weights))
+    ctx = ExportContext(preset, duration_s, lengths, source, weights=None if weights is None else Path(weights),
+                        dtype=DTYPE_NAMES[dtype])
     recorded_source = _weights_source(ctx)  # before any work: a missing weight file fails fast
     out_dir = _prepare_out_dir(Path(out_dir))
 
@@ -82,11 +86,12 @@ def export_preset(preset_name: str, out_dir: str | Path, weights: str | Path | N
 
 
 def _write(spec, ctx: ExportContext, path: Path) -> None:
-    """Trace the spec's module at the ``opt`` sizes, or write the ONNX the spec ships."""
+    """Trace the spec's module in the export's dtype at the ``opt`` sizes, or write the ONNX the spec ships."""
     if spec.write_onnx is not None:
         spec.write_onnx(path)
         return
-    trace_to_onnx(spec, ctx.module(spec), spec.sample_inputs(ctx, spec.opt_sizes(ctx)), spec.axes(ctx), path)
+    inputs = spec.typed_inputs(ctx, spec.sample_inputs(ctx, spec.opt_sizes(ctx)))
+    trace_to_onnx(spec, ctx.typed_module(spec), inputs, spec.axes(ctx), path)
 
 
 def _weights_source(ctx: ExportContext) -> dict:

@@ -16,8 +16,8 @@ from torch import nn
 from ..models.spec import AxisRange, GraphSpec
 from .manifest import ExportError, TensorSpec
 
-OPSET = 18  # >= 17 for LayerNormalization; TensorRT 10 parses opsets 9-20
-TENSORRT_OPSETS = range(9, 21)
+OPSET = 18  # >= 17 for LayerNormalization; TensorRT 10 parses opsets 9-20, 11 up to 25
+TENSORRT_OPSETS = range(9, 21)  # what every TensorRT the backend is written for parses
 # ONNX ops TensorRT 10's parser rejects (onnx-tensorrt docs/operators.md, "N" rows).
 TENSORRT_UNSUPPORTED_OPS = frozenset({
     "AffineGrid", "Bernoulli", "BitShift", "BitwiseAnd", "BitwiseNot", "BitwiseOr", "BitwiseXor", "BlackmanWindow",
@@ -30,6 +30,16 @@ TENSORRT_UNSUPPORTED_OPS = frozenset({
 })
 # Data-dependent control flow has no place in these graphs even where TensorRT could take it.
 CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan"})
+# Ops whose output shapes depend on input values: TensorRT sizes them at run time through an output
+# allocator, which our backend does not use (it sizes every output from the input shapes).
+DATA_DEPENDENT_SHAPE_OPS = frozenset({"NonZero", "NonMaxSuppression"})
+# Operands read as shapes, sizes or indices of slicing: a graph input's values reaching one makes it
+# a shape tensor (TensorRT's ``is_shape_inference_io``), which our backend does not bind either.
+SHAPE_OPERANDS = {"Reshape": (1,), "Expand": (1,), "ConstantOfShape": (0,), "Tile": (1,), "Range": (0, 1, 2),
+                  "Slice": (1, 2, 3, 4), "Pad": (1,), "Resize": (2, 3), "TopK": (1,), "OneHot": (1,),
+                  "Split": (1,), "Squeeze": (1,), "Unsqueeze": (1,)}
+# Ops whose outputs depend on their input's shape only, never its values.
+SHAPE_ONLY_OPS = frozenset({"Shape", "Size"})
 # Inputs TensorRT requires to be initializers or constants ("`axes` must be an initializer").
 CONSTANT_INPUTS = {"Slice": 3, "Squeeze": 1, "Unsqueeze": 1, "Pad": 3, "CumSum": 1, "ReduceL2": 1,
                    "ReduceMax": 1, "ReduceMean": 1, "ReduceMin": 1, "ReduceSum": 1, "ReduceProd": 1}
@@ -130,10 +140,28 @@ def _nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
                 yield from _nodes(subgraph)
 
 
+def shape_tensor_inputs(graph: onnx.GraphProto) -> set[str]:
+    """Graph inputs whose values (not only their shapes) reach an operand read as a shape."""
+    sources: dict[str, set[str]] = {value.name: {value.name} for value in graph.input}
+    found: set[str] = set()
+    for node in graph.node:  # ONNX nodes are topologically sorted
+        if node.op_type in SHAPE_ONLY_OPS:
+            continue
+        for index in SHAPE_OPERANDS.get(node.op_type, ()):
+            if index < len(node.input):
+                found |= sources.get(node.input[index], set())
+        reached = set().union(*(sources.get(name, set()) for name in node.input))
+        if reached:
+            for output in node.output:
+                sources[output] = reached
+    return found
+
+
 def tensorrt_incompatibilities(model: onnx.ModelProto) -> list[str]:
-    """What would keep TensorRT 10's ONNX parser from building this graph as exported: ops it
-    lacks, custom domains, control flow, axes that are not constants, float64 tensors, an opset
-    outside 9-20. Empty is good."""
+    """What would keep TensorRT's ONNX parser (10.x and 11.x) or our TensorRT backend from building
+    and running this graph as exported: ops it lacks, custom domains, control flow, axes that are
+    not constants, float64 tensors, an opset outside 9-20 (10.x's range; 11.x takes up to 25),
+    data-dependent output shapes and shape-tensor inputs. Empty is good."""
     problems: set[str] = set()
     constants = {t.name for t in model.graph.initializer}
     constants |= {out for node in model.graph.node if node.op_type == "Constant" for out in node.output}
@@ -150,6 +178,9 @@ def tensorrt_incompatibilities(model: onnx.ModelProto) -> list[str]:
         index = CONSTANT_INPUTS.get(node.op_type)
         if index is not None and len(node.input) > index and node.input[index] and node.input[index] not in constants:
             problems.add(f"{node.op_type} with computed axes")
+        if node.op_type in DATA_DEPENDENT_SHAPE_OPS:
+            problems.add(f"data-dependent shape ({node.op_type})")
+    problems |= {f"shape from the values of input {name}" for name in shape_tensor_inputs(model.graph)}
     doubles = [t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.DOUBLE]
     doubles += [v.name for v in (*model.graph.input, *model.graph.output, *model.graph.value_info)
                 if v.type.tensor_type.elem_type == onnx.TensorProto.DOUBLE]

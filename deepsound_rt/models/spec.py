@@ -3,13 +3,14 @@ the backends, loading, ``verify --export`` and the Engine all read.
 
 A graph is a module with named tensor inputs and outputs: what one backend call runs. Its spec
 says everything the rest of the package needs to know about it: names, dynamic axes and their
-sizes, which inputs stay float32, how to build the module and sample inputs for an export, how
-close ONNX Runtime must come to torch, which networks it runs, whether our fused kernels serve
-its torch form and whether it is worth compiling or capturing as a CUDA graph. Adding a graph is one
-``register_graph(GraphSpec(...))`` beside its module.
+sizes, which inputs stay float32, how to build the module and sample inputs for an export (fp32,
+or typed: bf16/fp16), how close ONNX Runtime must come to torch, which networks it runs, whether
+our fused kernels serve its torch form and whether it is worth compiling or capturing as a CUDA
+graph. Adding a graph is one ``register_graph(GraphSpec(...))`` beside its module.
 """
 from __future__ import annotations
 
+import copy
 import importlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -56,14 +57,16 @@ def up_to(minimum: int, size: int) -> AxisRange:
 
 @dataclass
 class ExportContext:
-    """One preset at one duration with one weights source: what module builders, axis ranges and
-    sample inputs are functions of. Networks are built on first use and kept (``shared``)."""
+    """One preset at one duration with one weights source and one graph type: what module
+    builders, axis ranges and sample inputs are functions of. Networks are built on first use and
+    kept (``shared``)."""
 
     preset: Preset
     duration_s: float
     lengths: Mapping[str, int]  # latent, clip, sync tokens
     weights_source: WeightsSource
     weights: Path | None = None
+    dtype: torch.dtype = torch.float32  # the export's: bf16/fp16 graphs are traced from typed copies
     _shared: dict[str, Any] = field(default_factory=dict)
 
     def shared(self, key: str, build: Callable[[ExportContext], Any]) -> Any:
@@ -76,13 +79,29 @@ class ExportContext:
         """The eval-mode fp32 CPU module ``spec`` exports, with our kernels off (exports trace torch)."""
         return self.shared(f"graph:{spec.name}", spec.build)
 
+    def typed_module(self, spec: GraphSpec) -> nn.Module:
+        """:meth:`module` in the export's dtype: what a typed graph is traced from."""
+        return self.typed(f"graph:{spec.name}", spec.build)
+
+    def typed(self, key: str, build: Callable[[ExportContext], nn.Module]) -> nn.Module:
+        """``shared(key, build)`` in the export's dtype (itself in fp32): a copy cast once as the
+        Engine casts its networks (``module.to(dtype)``), so the fp32 islands the models keep
+        (rotary tables, timestep frequencies, the VAE's and separator's norms) stay fp32 and the
+        originals stay fp32. All copies share one deepcopy memo: what the originals share (one
+        CLIP under the image and text graphs) the copies share too."""
+        module = self.shared(key, build)
+        if self.dtype == torch.float32:
+            return module
+        memo = self.shared("typed:memo", lambda ctx: {})
+        return self.shared(f"typed:{key}", lambda ctx: copy.deepcopy(module, memo).to(ctx.dtype))
+
     def rng(self) -> torch.Generator:
         return torch.Generator().manual_seed(INPUT_SEED)
 
 
 InputBuilder = Callable[[ExportContext, Mapping[str, int]], dict[str, torch.Tensor]]
 Outputs = Callable[[], dict[str, torch.Tensor]]
-ParityRuns = Callable[[ExportContext, "Graph"], tuple[Outputs, Outputs]]
+ParityRuns = Callable[[ExportContext, "Graph", bool], tuple[Outputs, Outputs]]
 ALL_SOURCES = frozenset(source.value for source in WeightsSource)
 
 
@@ -102,11 +121,12 @@ class GraphSpec:
     with each dynamic axis at ``sizes[axis]``: the export traces at the ``opt`` sizes of
     ``axes(ctx)``, ``verify`` runs at ``check_sizes(ctx)`` (small, so full-size graphs stay cheap
     on a CPU, and a size other than the traced one proves an axis dynamic). Parity passes when
-    max |ort - torch| <= atol + rtol * max |torch|. ``write_onnx`` replaces tracing for graphs
-    that ship as ONNX; ``parity`` replaces the one-call check where one call proves too little
-    (it gives (torch run, graph run)). ``io`` gives names that depend on the module (the LLM
-    decoder's per-layer caches). ``exported_with``: the weights sources whose default export
-    includes the graph.
+    max |ort - torch| <= atol + rtol * max |torch| (typed graphs: ``verify.export_parity``).
+    ``write_onnx`` replaces tracing for graphs that ship as ONNX (they stay fp32 in a typed
+    export); ``parity`` replaces the one-call check where one call proves too little (it gives
+    (torch run, graph run), the torch run in the export's dtype when asked: ``typed``). ``io``
+    gives names that depend on the module (the LLM decoder's per-layer caches).
+    ``exported_with``: the weights sources whose default export includes the graph.
     """
 
     name: str
@@ -141,16 +161,31 @@ class GraphSpec:
     def check_inputs(self, ctx: ExportContext) -> dict[str, torch.Tensor]:
         return self.sample_inputs(ctx, self.opt_sizes(ctx) | self.check_sizes(ctx))
 
-    def parity_runs(self, ctx: ExportContext, graph: Graph) -> tuple[Outputs, Outputs]:
-        """(torch run, graph run) for ``verify``: by default the module and the graph on ``check_inputs``."""
+    def input_dtype(self, name: str, value: torch.Tensor, dtype: torch.dtype) -> torch.dtype:
+        """The type input ``name`` enters the module in when it runs in ``dtype``: floating inputs
+        in ``dtype`` except ``fp32_inputs``; integer inputs (token ids) as they are."""
+        if not value.is_floating_point():
+            return value.dtype
+        return torch.float32 if name in self.fp32_inputs else dtype
+
+    def typed_inputs(self, ctx: ExportContext, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``inputs`` as the module takes them in the export's dtype (:meth:`input_dtype`)."""
+        return {name: value.to(self.input_dtype(name, value, ctx.dtype)) for name, value in inputs.items()}
+
+    def parity_runs(self, ctx: ExportContext, graph: Graph, typed: bool = False) -> tuple[Outputs, Outputs]:
+        """(torch run, graph run) for ``verify``: by default the module and the graph on
+        ``check_inputs``; ``typed``: the torch run in the export's dtype (the module's typed copy
+        on typed inputs), what a typed graph's tolerance is measured from."""
         if self.parity is not None:
-            return self.parity(ctx, graph)
-        module, inputs = ctx.module(self), self.check_inputs(ctx)
+            return self.parity(ctx, graph, typed)
+        module = ctx.typed_module(self) if typed else ctx.module(self)
+        inputs = self.check_inputs(ctx)
+        torch_inputs = self.typed_inputs(ctx, inputs) if typed else inputs
         spec = self.bound(module)
 
         def on_torch() -> dict[str, torch.Tensor]:
             with torch.inference_mode():
-                outputs = module(*(inputs[name] for name in spec.inputs))
+                outputs = module(*(torch_inputs[name] for name in spec.inputs))
             return dict(zip(spec.outputs, outputs if isinstance(outputs, tuple) else (outputs,)))
 
         return on_torch, lambda: graph.run(inputs)

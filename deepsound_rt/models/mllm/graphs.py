@@ -7,7 +7,7 @@ checkpoint directories are not part of an export's weights source yet.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +16,7 @@ from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb, repea
 
 from ...errors import WeightsError
 from ...weights_dir import DEV_SEED, WeightsSource
-from ..spec import AxisRange, ExportContext, GraphSpec, register_graph
+from ..spec import AxisRange, ExportContext, GraphSpec, Outputs, register_graph
 from .audio_input import SAMPLE_RATE, audio_features
 from .decoding import new_cache
 from .videollama2 import VideoLLaMA2AV, encode_audio_fbank, encode_video_features
@@ -176,24 +176,25 @@ class ExportedDecoder:
 VIDEOLLAMA2 = "videollama2"
 
 
-def _model(ctx: ExportContext) -> VideoLLaMA2AV:
-    """One fp32 model for the three graphs (and the decoder's parity, which runs it as the torch stage does)."""
+def _model(ctx: ExportContext, typed: bool = False) -> VideoLLaMA2AV:
+    """One fp32 model for the three graphs (and the decoder's parity, which runs it as the torch
+    stage does); ``typed``: its copy in the export's dtype."""
+    return (ctx.typed if typed else ctx.shared)(VIDEOLLAMA2, _build_model)
 
-    def build(ctx: ExportContext) -> VideoLLaMA2AV:
-        from .tiny import full_size_random_mllm, tiny_mllm
 
-        if ctx.weights_source is WeightsSource.TINY_RANDOM:
-            model, _ = tiny_mllm(DEV_SEED)
-        elif ctx.weights_source is WeightsSource.FULL_RANDOM:
-            model, _ = full_size_random_mllm(DEV_SEED, torch.device("cpu"), torch.float32)
-        else:
-            raise WeightsError("the MLLM graphs are exported from random weights only (the dev preset, or "
-                               "--random-weights): exporting a VideoLLaMA2 checkpoint is not supported yet")
-        if model.config.llm.use_sliding_window:
-            raise WeightsError("the exported LLM decoder has no sliding-window attention, and this config uses it")
-        return model
+def _build_model(ctx: ExportContext) -> VideoLLaMA2AV:
+    from .tiny import full_size_random_mllm, tiny_mllm
 
-    return ctx.shared(VIDEOLLAMA2, build)
+    if ctx.weights_source is WeightsSource.TINY_RANDOM:
+        model, _ = tiny_mllm(DEV_SEED)
+    elif ctx.weights_source is WeightsSource.FULL_RANDOM:
+        model, _ = full_size_random_mllm(DEV_SEED, torch.device("cpu"), torch.float32)
+    else:
+        raise WeightsError("the MLLM graphs are exported from random weights only (the dev preset, or "
+                           "--random-weights): exporting a VideoLLaMA2 checkpoint is not supported yet")
+    if model.config.llm.use_sliding_window:
+        raise WeightsError("the exported LLM decoder has no sliding-window attention, and this config uses it")
+    return model
 
 
 def _vision_inputs(ctx: ExportContext, sizes: Mapping[str, int]) -> dict[str, torch.Tensor]:
@@ -236,11 +237,11 @@ def _decoder_inputs(ctx: ExportContext, sizes: Mapping[str, int]) -> dict[str, t
     return inputs | {name: torch.randn(cache_shape, generator=rng) for name in past}
 
 
-def _decoder_parity(ctx: ExportContext, graph: Graph) -> tuple[Callable[[], dict], Callable[[], dict]]:
+def _decoder_parity(ctx: ExportContext, graph: Graph, typed: bool = False) -> tuple[Outputs, Outputs]:
     """A prefill of a few embedded tokens (several logit rows) and one decoding step on the cache
-    it returned: the torch MLLM over a transformers cache (the torch stage) against the graph
-    driven by :class:`ExportedDecoder` (the exported stage)."""
-    model = _model(ctx)
+    it returned: the torch MLLM over a transformers cache (the torch stage; ``typed``: in the
+    export's dtype) against the graph driven by :class:`ExportedDecoder` (the exported stage)."""
+    model = _model(ctx, typed)
     ids = torch.randint(model.config.llm.vocab_size, (1, DECODER_CHECK_TOKENS + 1), generator=ctx.rng())
     with torch.inference_mode():
         prompt, step = model.embed(ids[:, :-1]), model.embed(ids[:, -1:])
