@@ -427,3 +427,15 @@ def test_no_audio_writes_the_video_alone_and_refuses_wav(tmp_path, clips):
     with pytest.raises(OutputError, match="no audio to write"):
         write_output(tmp_path / "silent.wav", None, SAMPLE_RATE, source_video=clips["8s"], duration_s=2.0)
     assert not (tmp_path / "silent.wav").exists()
+
+
+def test_write_bytes_leaves_the_old_file_and_no_temporary_when_interrupted(tmp_path):
+    target = tmp_path / "engine.plan"
+    target.write_bytes(b"previous engine")
+    with pytest.raises(TypeError):
+        output_module.write_bytes(target, "text is not bytes")  # fails half-way, after the temporary exists
+    assert target.read_bytes() == b"previous engine"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["engine.plan"]
+    output_module.write_bytes(target, b"new engine")
+    assert target.read_bytes() == b"new engine"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["engine.plan"]

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import itertools
 import json
+import os
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -109,7 +110,7 @@ def test_cache_builds_once_then_hits(tmp_path):
     assert build.count == 1
     assert load_or_build(cache, key(precision="bf16"), build, build.deserialize) == ("engine-2", "built")
     assert load_or_build(cache, key(), build, build.deserialize) == ("engine-1", "hit")
-    assert not list(tmp_path.glob("*.partial"))
+    assert not list(tmp_path.glob(".*.tmp-*"))  # no temporary left behind
 
 
 def _vouch_for(cache: EngineCache, key: EngineKey, engine: bytes) -> None:
@@ -357,7 +358,7 @@ def test_timing_cache_is_strict_merged_and_reused(trt, cuda, tmp_path):
     load(trt, tmp_path, precision="tf32")
     assert trt.configs[1].ignore_mismatch == [False]
     assert timing.read_bytes().startswith(b"+timings+timings")  # the second build started from the first's
-    assert not list((tmp_path / "engines").glob("*.partial"))
+    assert not list((tmp_path / "engines").glob(".*.tmp-*"))
 
 
 def test_a_timing_cache_of_another_device_is_not_used(trt, cuda, tmp_path):
@@ -381,10 +382,11 @@ def test_saving_the_timing_cache_waits_for_the_lock_and_never_leaves_half_a_file
         assert saver.is_alive() and path.read_bytes() == b"before"  # blocked while another holds the lock
     saver.join(5)
     assert path.read_bytes() == b"new+timingsbefore"  # merged with what was stored
-    monkeypatch.setattr(Path, "replace", lambda self, target: (_ for _ in ()).throw(OSError("disk full")))
-    with pytest.raises(OSError):
+    monkeypatch.setattr(os, "replace", lambda source, target: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(DeepSoundError, match="timing.cache: cannot write"):
         save_timing_cache(config, path)
     assert path.read_bytes() == b"new+timingsbefore"
+    assert not list(tmp_path.glob(".*.tmp-*"))
 
 
 def test_a_cached_engine_tensorrt_cannot_deserialize_is_rebuilt_or_refused(trt, cuda, tmp_path):

@@ -28,7 +28,6 @@ import functools
 import hashlib
 import importlib.util
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Literal, Mapping, TypeVar
@@ -37,6 +36,7 @@ import torch
 
 from ..errors import DeepSoundError, InputError
 from ..export.manifest import ExportError, GraphRecord
+from ..io.output import write_bytes
 from .base import Tensors, torch_dtype
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
@@ -216,16 +216,9 @@ class EngineCache:
         self.directory.mkdir(parents=True, exist_ok=True)
         engine_path, sidecar_path = self.paths(key)
         sidecar_path.unlink(missing_ok=True)
-        _write_atomically(engine_path, engine)
+        write_bytes(engine_path, engine)
         record = {"key": key.fields(), "engine_sha256": hashlib.sha256(engine).hexdigest()}
-        _write_atomically(sidecar_path, json.dumps(record, indent=1).encode())
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write to a name of this process's own, then rename over ``path``."""
-    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-    partial.write_bytes(data)
-    partial.replace(path)
+        write_bytes(sidecar_path, json.dumps(record, indent=1).encode())
 
 
 def load_or_build(cache: EngineCache, key: EngineKey, build: Callable[[], bytes],
@@ -288,7 +281,7 @@ def save_timing_cache(config, path: Path) -> None:
     with file_lock(path):
         if path.is_file():
             timing.combine(config.create_timing_cache(path.read_bytes()), ignore_mismatch=False)
-        _write_atomically(path, bytes(timing.serialize()))
+        write_bytes(path, bytes(timing.serialize()))
 
 
 def build_serialized_engine(trt, onnx_path: Path, profile: Mapping[str, ShapeRange], plan: BuildPlan,

@@ -63,15 +63,18 @@ def write_output(
 
 
 def write_bytes(out_path: str | Path, data: bytes) -> Path:
-    """Write ``data`` (a picture, a log) to ``out_path`` through a temporary file beside it."""
+    """Write ``data`` (a picture, a log, an engine) to ``out_path`` through a temporary file beside
+    it, so a reader never sees half of it and an interruption leaves no temporary behind."""
     out_path = Path(out_path)
     temporary = _create_temporary(out_path)
     try:
         temporary.write_bytes(data)
         os.replace(temporary, out_path)
-    except OSError as error:
+    except BaseException as error:
         temporary.unlink(missing_ok=True)
-        raise OutputError(f"{out_path}: cannot write ({error.strerror or error})") from error
+        if isinstance(error, OSError):
+            raise OutputError(f"{out_path}: cannot write ({error.strerror or error})") from error
+        raise
     return out_path
 
 

@@ -20,7 +20,8 @@ from ..events import ProgressEvent
 from ..options import RunOptions
 from .metrics import Metrics
 from .settings import ServeSettings, load_engine
-from .store import Job, JobStore, write_atomically
+from ..io.output import write_bytes
+from .store import Job, JobStore
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ class Runner(threading.Thread):
         result.save(job_dir / RESULT_VIDEO)
         if result.audio is not None:
             result.save(job_dir / RESULT_AUDIO)
-        write_atomically(job_dir / RESULT_PLOT, render_result(result, name=filename))
+        write_bytes(job_dir / RESULT_PLOT, render_result(result, name=filename))
 
 
 class Service:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import re
 import secrets
 import shutil
@@ -343,16 +342,3 @@ def _job(row: sqlite3.Row) -> Job:
                error=row["error"], steps=json.loads(row["steps"]), attempts=row["attempts"], worker=row["worker"],
                cancel_requested=bool(row["cancel_requested"]),
                has_audio=None if row["has_audio"] is None else bool(row["has_audio"]))
-
-
-def write_atomically(path: Path, data: bytes) -> Path:
-    """Write ``data`` to a temporary file beside ``path``, then rename it onto ``path``."""
-    temporary = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
-    try:
-        with open(temporary, "wb") as file:
-            file.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return path
