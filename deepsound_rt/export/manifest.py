@@ -2,7 +2,8 @@
 
 ``manifest.json`` names every graph's files (with SHA-256), its inputs and outputs, its dynamic
 axes with their (min, opt, max) sizes, the opset and precision, and the weights it was exported
-from. It is written last, so a directory whose export was interrupted has no manifest.
+from. An export is written into a folder beside its target and renamed into place when complete,
+so a reader never sees half an export.
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from ..weights_dir import file_digest
 
 MANIFEST_NAME = "manifest.json"
 ENGINE_CACHE_DIR = "tensorrt"  # default TensorRT engine cache, inside the export directory
-FORMAT = "deepsound_rt.export/2"  # 2: the source records its weights source
+FORMAT_PREFIX = "deepsound_rt.export/"
+FORMAT = FORMAT_PREFIX + "2"  # 2: the source records its weights source
 # Position tables rebuilt for every duration; the duration itself is checked instead.
 DURATION_TABLES = frozenset({"latent_rot", "clip_rot", "sync_src_index"})
 FINGERPRINT_BUCKETS = 16
