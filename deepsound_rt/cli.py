@@ -12,6 +12,16 @@ from pathlib import Path
 from .errors import DeepSoundError
 
 EXIT_USAGE = 2
+DEMO_OUTPUT = Path("out/demo.mp4")
+log = logging.getLogger("deepsound_rt.cli")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are DeepSoundErrors: one line and exit 2, like every other
+    problem the user can fix (argparse's own prints the usage block first)."""
+
+    def error(self, message: str):
+        raise DeepSoundError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
 def _add_generation_args(parser: argparse.ArgumentParser, default_preset: str, default_judge: str | None = None) -> None:
@@ -27,13 +37,13 @@ def _add_generation_args(parser: argparse.ArgumentParser, default_preset: str, d
     parser.add_argument("--device", default=engine("device"), help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     parser.add_argument("--dtype", default=engine("dtype"), choices=DTYPES, help="auto = bf16 on CUDA, fp32 on CPU")
     parser.add_argument("--num-steps", "--steps", dest="num_steps", type=int, default=engine("num_steps"),
-                        help="Euler steps (default: %(default)s)")
+                        help="Euler steps, 1 to 1000 (default: %(default)s)")
     parser.add_argument("--cfg", type=float, default=engine("cfg_strength"),
-                        help="guidance strength (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=run("seed"), help="noise seed (default: %(default)s)")
+                        help="guidance strength in [0, 100]; below 1 no guidance (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=run("seed"), help="noise seed in [0, 2**63) (default: %(default)s)")
     parser.add_argument("--duration", type=float, default=run("duration"),
                         help="seconds of audio (default: 8, shortened to the video's length)")
-    parser.add_argument("--prompt", default=run("prompt"), help="text prompt")
+    parser.add_argument("--prompt", default=run("prompt"), help="text prompt (CLIP reads its first 75 tokens)")
     parser.add_argument("--negative-prompt", default=run("negative_prompt"), help="negative text prompt")
     parser.add_argument("--no-checksum", action="store_true",
                         help="skip the MD5 check of official checkpoint files")
@@ -71,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .config import DEFAULT_DURATION_S, PRESETS
     from .export.exporter import EXPORT_DTYPES
 
-    parser = argparse.ArgumentParser(prog="deepsound-rt", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="deepsound-rt", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="generate audio for a video")
@@ -80,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generation_args(run, default_preset="large_44k_v2")
 
     demo = sub.add_parser("demo", help="run the bundled sample clip through the dev preset")
-    demo.add_argument("-o", "--output", type=Path, default=Path("out/demo.mp4"))
+    demo.add_argument("-o", "--output", type=Path, default=DEMO_OUTPUT)
     # Random judges never answer "voice-over", so the demo assumes it to show every step.
     _add_generation_args(demo, default_preset="dev", default_judge="always")
 
@@ -115,8 +125,7 @@ def _weights_source(args: argparse.Namespace) -> str:
     return "full-random" if args.random_weights else "auto"
 
 
-def _engine_from_args(args: argparse.Namespace):
-    from .engine import Engine
+def _config_from_args(args: argparse.Namespace):
     from .options import EngineConfig
 
     config = EngineConfig(preset=args.preset, weights=args.weights, weights_source=_weights_source(args),
@@ -125,6 +134,13 @@ def _engine_from_args(args: argparse.Namespace):
                           siglip=args.siglip, separator=args.separator, vad_min_speech_share=args.vad_share,
                           backend=args.backend, export=args.export, cuda_graphs=args.cuda_graphs,
                           kernels=args.kernels)
+    return config
+
+
+def _load_engine(config):
+    """The one place the CLI loads models (tests stop here to check everything before it)."""
+    from .engine import Engine
+
     return Engine(config)
 
 
@@ -136,9 +152,12 @@ def _generate(args: argparse.Namespace, video: Path) -> int:
 
     options = RunOptions(mode=args.mode, postprocess=args.postprocess, judge=args.judge, prompt=args.prompt,
                          negative_prompt=args.negative_prompt, duration=args.duration, seed=args.seed)
+    config = _config_from_args(args)  # every option is checked before any file is opened
+    for note in options.ignored_settings():
+        log.warning("%s", note)
     probe_video(video)  # fail on a bad input or output path before loading any weights
     check_output_path(args.output, video)
-    engine = _engine_from_args(args)
+    engine = _load_engine(config)
     if engine.config.weights_source.random:
         print(f"note: preset '{engine.preset.name}' uses RANDOM weights: the audio is noise-like, "
               "not a real result (use --preset NAME --weights DIR for the official models)", file=sys.stderr)
@@ -168,11 +187,14 @@ def _run(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .io.sample import sample_clip_path
 
-    args.output.parent.mkdir(parents=True, exist_ok=True)  # the demo's own default folder, out/
+    if args.output == DEMO_OUTPUT:
+        args.output.parent.mkdir(parents=True, exist_ok=True)  # the demo's own default folder, out/; not a user's
     return _generate(args, sample_clip_path())
 
 
 def _verify(args: argparse.Namespace) -> int:
+    if args.weights is not None and args.export is None:
+        log.warning("ignored: --weights: it names the weights of an export, so it goes with --export")
     if args.export is not None:
         from .verify.export_parity import run_export_verify
 

@@ -8,6 +8,8 @@ and know nothing of which backend runs them.
 from __future__ import annotations
 
 import functools
+import logging
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -36,6 +38,7 @@ from .timing import Timings
 from .weights_dir import DEV_SEED, WeightsSource, find_weight_file
 
 __all__ = ["Engine", "EngineConfig", "RunOptions", "GenerationResult", "DeepSoundResult"]
+log = logging.getLogger(__name__)
 
 
 def _run_options(options: RunOptions | None, overrides: dict) -> RunOptions:
@@ -52,6 +55,8 @@ class Engine:
         if config is not None and not isinstance(config, EngineConfig):
             raise DeepSoundError(f"config must be an EngineConfig, got {type(config).__name__}")
         self.config = config = with_overrides(config or EngineConfig(), overrides)  # the caller's stays as it was
+        for note in config.ignored_settings():
+            log.warning("%s", note)
         self.preset: Preset = PRESETS[config.preset]
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
@@ -62,6 +67,9 @@ class Engine:
             self.preset, config.weights, self.device, self.dtype, config.weights_source,
             verify_checksums=config.verify_checksums, use_kernels=self.use_kernels)
         self.graphs = self._load_graphs()
+        # The flow network's position tables are set per clip duration, and CUDA graphs replay from
+        # static buffers: threads sharing this Engine take turns from the conditions to the vocoder.
+        self._graph_lock = threading.Lock()
 
     def _load_graphs(self) -> dict[str, Graph]:
         """Each generator graph on its backend (exported graphs where the export and the backend
@@ -200,10 +208,11 @@ class Engine:
             clip = load_video(video, DEFAULT_DURATION_S if options.duration is None else options.duration)
         report(ProgressEvent("video decode", 1, 1))
 
-        check_export_duration(graphs, self.preset.name, clip.duration_s)  # exports bake in their duration
+        requested = DEFAULT_DURATION_S if options.duration is None else options.duration
+        check_export_duration(graphs, self.preset.name, clip.duration_s,  # exports bake in their duration
+                              video_s=clip.duration_s if clip.duration_s < requested else None)
         latent_len, clip_len, sync_len = sequence_lengths(clip.duration_s, self.preset.sampling_rate,
                                                           self.preset.hop_length)
-        self.models.set_sequence_lengths(latent_len, clip_len, sync_len)
 
         with stage("clip", graphs["clip_image"]):
             clip_f = features.clip_image_features(graphs["clip_image"], clip.clip_frames[:clip_len])
@@ -216,28 +225,28 @@ class Engine:
             text_f = features.text_features(graphs["clip_text"], tokens)
         report(ProgressEvent("text", 1, 1))
 
-        with stage("conditions", graphs["flow_conditions"]):
-            conditions = generate.prepare_conditions(graphs["flow_conditions"], clip_f, sync_f[:, :sync_len],
-                                                     text_f[:1], text_f[1:])
-        report(ProgressEvent("conditions", 1, 1))
+        with self._graph_lock:  # one clip at a time through the shared graphs (see __init__)
+            self.models.set_sequence_lengths(latent_len, clip_len, sync_len)
+            with stage("conditions", graphs["flow_conditions"]):
+                conditions = generate.prepare_conditions(graphs["flow_conditions"], clip_f, sync_f[:, :sync_len],
+                                                         text_f[:1], text_f[1:])
+            report(ProgressEvent("conditions", 1, 1))
 
-        x0 = initial_noise(1, latent_len, self.models.latent_dim, options.seed, self.device, torch.float32)
-        report(ProgressEvent("sampling", 0, self.config.num_steps))
-        with timings.measure("sampling", self.device, graphs["flow_velocity"].backend):
-            latents = generate.sample_latents(
-                graphs["flow_velocity"], conditions, x0, self.config.num_steps, self.config.cfg_strength,
-                progress=lambda done, total: report(ProgressEvent("sampling", done, total)))
+            x0 = initial_noise(1, latent_len, self.models.latent_dim, options.seed, self.device, torch.float32)
+            report(ProgressEvent("sampling", 0, self.config.num_steps))
+            with timings.measure("sampling", self.device, graphs["flow_velocity"].backend):
+                latents = generate.sample_latents(
+                    graphs["flow_velocity"], conditions, x0, self.config.num_steps, self.config.cfg_strength,
+                    progress=lambda done, total: report(ProgressEvent("sampling", done, total)))
 
-        with stage("vae", graphs["vae_decode"]):
-            mel = decode.decode_latents(graphs["vae_decode"], latents)
-        report(ProgressEvent("vae", 1, 1))
-        with stage("vocoder", graphs["vocoder"]):
-            waveform = decode.vocode(graphs["vocoder"], mel)
-        report(ProgressEvent("vocoder", 1, 1))
+            with stage("vae", graphs["vae_decode"]):
+                mel = decode.decode_latents(graphs["vae_decode"], latents)
+            report(ProgressEvent("vae", 1, 1))
+            with stage("vocoder", graphs["vocoder"]):
+                waveform = decode.vocode(graphs["vocoder"], mel)
+            report(ProgressEvent("vocoder", 1, 1))
 
-        if not torch.isfinite(waveform).all():
-            raise DeepSoundError(f"the generated audio contains NaN/Inf (dtype {self.dtype}); "
-                                 "fp16 can overflow: try --dtype bf16 or fp32")
+        decode.check_finite(waveform, self.dtype)
         num_samples = round(clip.duration_s * self.preset.sampling_rate)
         return GenerationResult(
             waveform=waveform[:num_samples].numpy().astype(np.float32),

@@ -98,6 +98,9 @@ def _weights_source(ctx: ExportContext) -> dict:
     """Where the weights came from: the seed of random ones, or each official file's SHA-256."""
     source = ctx.weights_source
     if source.random:
+        if ctx.weights is not None:
+            log.warning("ignored: --weights: weights source %s builds random networks and reads no weight file",
+                        source.value)
         return {"weights_source": source.value, "seed": DEV_SEED, "weights_dir": None, "files": {}}
     if not ctx.preset.files:
         raise ExportError(f"preset '{ctx.preset.name}' has no official weights (weights source "
