@@ -41,11 +41,13 @@ import numpy as np
 import torch
 
 from deepsound_rt import kernels
+from deepsound_rt.cli import OneLineParser
 from deepsound_rt.engine import Engine, EngineConfig
+from deepsound_rt.errors import DeepSoundError
 from deepsound_rt.io.sample import make_test_video
 from deepsound_rt.models.mllm import decoding
 from deepsound_rt.models.mllm.prompt import PLAN_QUESTION
-from deepsound_rt.options import default_of
+from deepsound_rt.options import RunOptions, default_of, integer_in
 from deepsound_rt.results import DeepSoundResult
 
 STEP1_STAGES = ("video decode", "clip", "synchformer", "text", "conditions", "sampling", "vae", "vocoder")
@@ -92,6 +94,27 @@ def lever_variants() -> list[Variant]:
         Variant("all levers + fp8", "bf16", **ALL_LEVERS, fp8=True),
         Variant("compile", "bf16", kernels=False, compile=True),
     ]
+
+
+def select_variants(variants: list[Variant], names: str | None, device: torch.device) -> list[Variant]:
+    """The variants named in ``names`` (comma-separated; None: all); an unknown name is refused."""
+    if names is None:
+        return variants
+    wanted = [name.strip() for name in names.split(",") if name.strip()]
+    unknown = [name for name in wanted if name not in {v.name for v in variants}]
+    if unknown or not wanted:
+        raise DeepSoundError(f"unknown bench variant {', '.join(map(repr, unknown)) or repr(names)} "
+                             f"(variants on {device.type}: {', '.join(v.name for v in variants)})")
+    return [v for v in variants if v.name in wanted]
+
+
+def check_settings(args: argparse.Namespace) -> None:
+    """Every setting before any work: run counts, and the Engine's and the run's own checks."""
+    integer_in("--runs", args.runs, 1)
+    integer_in("--warmup", args.warmup, 0)
+    EngineConfig(preset=args.preset, weights=args.weights, device=args.device, num_steps=args.num_steps,
+                 weights_source="full-random" if args.random_weights else "auto")
+    RunOptions(duration=args.duration)
 
 
 def variants_for(device: torch.device, export: Path | None, dry_run: bool = False) -> list[Variant]:
@@ -428,7 +451,7 @@ def plot(report: dict, path: Path) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="deepsound-rt bench", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="deepsound-rt bench", description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="dev")
     parser.add_argument("--weights", type=Path)
     parser.add_argument("--random-weights", action="store_true", help="full-size networks, random weights")
@@ -462,15 +485,13 @@ def main(argv: list[str] | None = None) -> int:
 
         return runpy.run_path(str(Path(__file__).with_name("bench_memory.py")))["main"](argv)
     args = build_parser().parse_args(argv)
+    check_settings(args)  # the values given, before --quick replaces them
     if args.quick:
         args.duration, args.num_steps, args.warmup, args.runs = 2.0, 2, 0, 1
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(args.device)
-    variants = variants_for(device, args.export, args.dry_run)
-    if args.variants:
-        wanted = {name.strip() for name in args.variants.split(",")}
-        variants = [v for v in variants if v.name in wanted] or variants
+    variants = select_variants(variants_for(device, args.export, args.dry_run), args.variants, device)
     args.out.mkdir(parents=True, exist_ok=True)
     report = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -493,13 +514,17 @@ def main(argv: list[str] | None = None) -> int:
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
             write_report(report, args.out)  # after every variant: a cut-short run keeps what it measured
-    print(markdown(report))
+    print(markdown(report) if _has_baseline(report) else json.dumps(report["variants"], indent=1))
     return 0
+
+
+def _has_baseline(report: dict) -> bool:
+    return any(v["variant"]["baseline"] for v in report["variants"])
 
 
 def write_report(report: dict, out: Path) -> None:
     (out / "bench.json").write_text(json.dumps(report, indent=2))
-    if any(v["variant"]["baseline"] for v in report["variants"]):
+    if _has_baseline(report):  # the tables compare with it
         (out / "bench.md").write_text(markdown(report))
         plot(report, out / "bench.png")
 

@@ -15,6 +15,16 @@ from .errors import DeepSoundError
 EXIT_USAGE = 2
 EXIT_SOME_FAILED = 1
 BATCH_LOG_NAME = "deepsound-rt-log.jsonl"
+DEMO_OUTPUT = Path("out/demo.mp4")
+log = logging.getLogger("deepsound_rt.cli")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are DeepSoundErrors: one line and exit 2, like every other
+    problem the user can fix (argparse's own prints the usage block first)."""
+
+    def error(self, message: str):
+        raise DeepSoundError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
 def _add_engine_args(parser: argparse.ArgumentParser, default_preset: str) -> None:
@@ -31,9 +41,9 @@ def _add_engine_args(parser: argparse.ArgumentParser, default_preset: str) -> No
     parser.add_argument("--device", default=engine("device"), help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     parser.add_argument("--dtype", default=engine("dtype"), choices=DTYPES, help="auto = bf16 on CUDA, fp32 on CPU")
     parser.add_argument("--num-steps", "--steps", dest="num_steps", type=int, default=engine("num_steps"),
-                        help="Euler steps (default: %(default)s)")
+                        help="Euler steps, 1 to 1000 (default: %(default)s)")
     parser.add_argument("--cfg", type=float, default=engine("cfg_strength"),
-                        help="guidance strength (default: %(default)s)")
+                        help="guidance strength in [0, 100]; below 1 no guidance (default: %(default)s)")
     parser.add_argument("--no-checksum", action="store_true",
                         help="skip the MD5 check of official checkpoint files")
     parser.add_argument("--random-weights", action="store_true",
@@ -83,7 +93,7 @@ def _add_generation_args(parser: argparse.ArgumentParser, default_preset: str, d
 
     _add_engine_args(parser, default_preset)
     run = functools.partial(default_of, RunOptions)
-    parser.add_argument("--seed", type=int, default=run("seed"), help="noise seed (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=run("seed"), help="noise seed in [0, 2**63) (default: %(default)s)")
     parser.add_argument("--duration", type=float, default=run("duration"),
                         help="seconds of audio from the video's start (default: the whole video; longer than "
                              "8 s is made in overlapping 8 s windows)")
@@ -92,7 +102,7 @@ def _add_generation_args(parser: argparse.ArgumentParser, default_preset: str, d
     parser.add_argument("--seam", default=run("seam"), choices=SEAMS,
                         help="how windows join: crossfade = equal-power crossfade of independent windows, "
                              "inpaint = each window's overlap held to the previous one's latents (default: %(default)s)")
-    parser.add_argument("--prompt", default=run("prompt"), help="text prompt")
+    parser.add_argument("--prompt", default=run("prompt"), help="text prompt (CLIP reads its first 75 tokens)")
     parser.add_argument("--plot", action="store_true",
                         help="also write a picture of each result beside its output (.png): video frames over "
                              "the waveform and mel spectrogram, with the windows' seams and each step's decision")
@@ -140,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .io.output import AUDIO_SUFFIXES, VIDEO_SUFFIXES
     from .verify.export_parity import VERIFY_BACKENDS
 
-    parser = argparse.ArgumentParser(prog="deepsound-rt", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="deepsound-rt", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="generate audio for a video, or for many (files, folders, CSV/JSONL lists)")
@@ -157,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generation_args(run, default_preset="large_44k_v2")
 
     demo = sub.add_parser("demo", help="run the bundled sample clip through the dev preset")
-    demo.add_argument("-o", "--output", type=Path, default=Path("out/demo.mp4"))
+    demo.add_argument("-o", "--output", type=Path, default=DEMO_OUTPUT)
     # Random judges never answer "voice-over", so the demo assumes it to show every step.
     _add_generation_args(demo, default_preset="dev", default_judge="always")
 
@@ -209,7 +219,8 @@ def _weights_source(args: argparse.Namespace) -> str:
 
 
 def _engine_config_from_args(args: argparse.Namespace):
-    """The one way from CLI options to an EngineConfig (run, demo and serve)."""
+    """The one way from CLI options to an EngineConfig (run, demo and serve); it checks every
+    option, so this runs before any file is opened."""
     from .options import EngineConfig
 
     return EngineConfig(preset=args.preset, weights=args.weights, weights_source=_weights_source(args),
@@ -222,18 +233,23 @@ def _engine_config_from_args(args: argparse.Namespace):
                         window_batch=args.window_batch)
 
 
-def _engine_from_args(args: argparse.Namespace):
-    from .engine import Engine
-
-    return Engine(_engine_config_from_args(args))
-
-
 def _run_options_from_args(args: argparse.Namespace):
+    """The run's options, checked, with a warning line for any that its mode never reads."""
     from .options import RunOptions
 
-    return RunOptions(mode=args.mode, postprocess=args.postprocess, judge=args.judge, prompt=args.prompt,
-                      negative_prompt=args.negative_prompt, duration=args.duration, seed=args.seed,
-                      window_overlap=args.window_overlap, seam=args.seam)
+    options = RunOptions(mode=args.mode, postprocess=args.postprocess, judge=args.judge, prompt=args.prompt,
+                         negative_prompt=args.negative_prompt, duration=args.duration, seed=args.seed,
+                         window_overlap=args.window_overlap, seam=args.seam)
+    for note in options.ignored_settings():
+        log.warning("%s", note)
+    return options
+
+
+def _load_engine(config):
+    """The one place the CLI loads models (tests stop here to check everything before it)."""
+    from .engine import Engine
+
+    return Engine(config)
 
 
 def _generate(args: argparse.Namespace, video: Path) -> int:
@@ -242,9 +258,10 @@ def _generate(args: argparse.Namespace, video: Path) -> int:
     from .io.video import probe_video
 
     options = _run_options_from_args(args)
+    config = _engine_config_from_args(args)
     probe_video(video)  # fail on a bad input or output path before loading any weights
     check_output_path(args.output, video)
-    engine = _engine_from_args(args)
+    engine = _load_engine(config)
     if engine.config.weights_source.random:
         print(f"note: preset '{engine.preset.name}' uses RANDOM weights: the audio is noise-like, "
               "not a real result (use --preset NAME --weights DIR for the official models)", file=sys.stderr)
@@ -285,7 +302,6 @@ def _run_batch(args: argparse.Namespace) -> int:
     from .console import ConsoleProgress, print_batch_summary
     from .errors import InputError, OutputError
     from .io.batch import expand_inputs
-
     from .io.output import AUDIO_SUFFIXES, VIDEO_SUFFIXES
 
     folder = args.output
@@ -297,11 +313,12 @@ def _run_batch(args: argparse.Namespace) -> int:
     if not folder.parent.is_dir():
         raise OutputError(f"{folder}: its parent folder {folder.parent} does not exist")
     options = _run_options_from_args(args)
+    config = _engine_config_from_args(args)
     items = expand_inputs(args.inputs)  # an unreadable list fails now, before any weights load
     if not items:
         raise InputError(f"no videos in {', '.join(map(str, args.inputs))}")
     folder.mkdir(exist_ok=True)
-    engine = _engine_from_args(args)
+    engine = _load_engine(config)
     outcomes = []
     with ConsoleProgress() as progress:
         progress.files(0, len(items))
@@ -317,11 +334,14 @@ def _run_batch(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .io.sample import sample_clip_path
 
-    args.output.parent.mkdir(parents=True, exist_ok=True)  # the demo's own default folder, out/
+    if args.output == DEMO_OUTPUT:
+        args.output.parent.mkdir(parents=True, exist_ok=True)  # the demo's own default folder, out/; not a user's
     return _generate(args, sample_clip_path())
 
 
 def _verify(args: argparse.Namespace) -> int:
+    if args.weights is not None and args.export is None:
+        log.warning("ignored: --weights: it names the weights of an export, so it goes with --export")
     if args.export is not None:
         from .verify.export_parity import run_export_verify
 

@@ -4,7 +4,8 @@ reports print on. The only module that imports rich, so the SDK can be embedded 
 terminal library."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import time
+from typing import TYPE_CHECKING, Callable
 
 from rich.console import Console
 from rich.markup import escape
@@ -25,27 +26,40 @@ def report_console() -> Console:
     return Console(soft_wrap=True, highlight=False)
 
 
-class ConsoleProgress:
-    """A callable progress sink for :meth:`Engine.generate` that draws one bar per stage on stderr."""
+PLAIN_PROGRESS_INTERVAL_S = 5.0
+"""Where stderr is not a terminal (a log file, CI), a plain progress line at most this often."""
 
-    def __init__(self, console: Console | None = None):
+
+class ConsoleProgress:
+    """A callable progress sink for :meth:`Engine.generate`: one bar per stage on a terminal;
+    elsewhere plain ``progress: stage done/total`` lines, at most one every ``interval_s``, so
+    that a long run still shows it is alive and a log is not flooded."""
+
+    def __init__(self, console: Console | None = None, interval_s: float = PLAIN_PROGRESS_INTERVAL_S,
+                 clock: Callable[[], float] = time.monotonic):
+        self._console = console or Console(stderr=True)
+        self._plain = not self._console.is_terminal
         self._progress = Progress(SpinnerColumn(), TextColumn("{task.description:<14}"), BarColumn(),
                                   MofNCompleteColumn(), TimeElapsedColumn(),
-                                  console=console or Console(stderr=True), transient=False)
+                                  console=self._console, transient=False)
         self._tasks: dict[str, int] = {}
+        self._interval_s, self._clock = interval_s, clock
+        self._started = self._last_line = clock()
 
     def __enter__(self) -> "ConsoleProgress":
-        self._progress.start()
+        if not self._plain:
+            self._progress.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._progress.stop()
+        if not self._plain:
+            self._progress.stop()
 
     def step(self, event: "StepEvent") -> None:
         """Print a DeepSound step as it finishes, above the bars."""
         if event.record is not None:
             record = event.record
-            self._progress.console.print(f"[bold]{record.step}[/]: {record.decision} ({record.seconds:.2f} s)")
+            self._console.print(f"[bold]{record.step}[/]: {escape(record.decision)} ({record.seconds:.2f} s)", soft_wrap=True)
 
     def file_done(self, outcome: "BatchResult", done: int, total: int) -> None:
         """A batch's video finished: one line above the bars, and the bar over files moved on."""
@@ -62,6 +76,13 @@ class ConsoleProgress:
         self(ProgressEvent("files", done, total))
 
     def __call__(self, event: "ProgressEvent") -> None:
+        if self._plain:
+            now = self._clock()
+            if now - self._last_line >= self._interval_s:
+                self._last_line = now
+                self._console.print(f"progress: {event.stage} {event.completed}/{event.total} "
+                                    f"({now - self._started:.0f} s)", markup=False, highlight=False, soft_wrap=True)
+            return
         task = self._tasks.get(event.stage)
         if task is None:
             task = self._tasks[event.stage] = self._progress.add_task(event.stage, total=event.total)

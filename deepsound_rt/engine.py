@@ -11,6 +11,7 @@ import contextlib
 import functools
 import logging
 import math
+import threading
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -49,6 +50,7 @@ from .weights_dir import DEV_SEED, WeightsSource, find_weight_file
 logger = logging.getLogger(__name__)
 
 __all__ = ["Engine", "EngineConfig", "RunOptions", "GenerationResult", "DeepSoundResult"]
+log = logging.getLogger(__name__)
 
 
 def _run_options(options: RunOptions | None, overrides: dict) -> RunOptions:
@@ -65,6 +67,8 @@ class Engine:
         if config is not None and not isinstance(config, EngineConfig):
             raise DeepSoundError(f"config must be an EngineConfig, got {type(config).__name__}")
         self.config = config = with_overrides(config or EngineConfig(), overrides)  # the caller's stays as it was
+        for note in config.ignored_settings():
+            log.warning("%s", note)
         self.preset: Preset = PRESETS[config.preset]
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
@@ -93,6 +97,9 @@ class Engine:
         if config.window_batch not in ("auto", 1) and not self.graphs["flow_velocity"].backend.startswith("torch"):
             raise DeepSoundError(f"window_batch {config.window_batch} needs flow_velocity on torch: an exported "
                                  "velocity graph runs one window at a time (use window_batch 1 or auto)")
+        # The flow network's position tables are set per clip duration, and CUDA graphs replay from
+        # static buffers: threads sharing this Engine take turns from the conditions to the vocoder.
+        self._graph_lock = threading.Lock()
 
     def _load_graphs(self) -> dict[str, Graph]:
         """Each generator graph on its backend (exported graphs where the export and the backend
@@ -354,15 +361,18 @@ class Engine:
             if on_decoded is not None:
                 on_decoded(float(duration))
             plan = plan_for(duration)
-            check_export_duration(graphs, self.preset.name, plan.window_s)  # exports bake in their duration
-            self.models.set_sequence_lengths(*plan.lengths)
+            ended_with_video = options.duration is None or duration < options.duration
+            check_export_duration(graphs, self.preset.name, plan.window_s,  # exports bake in their duration
+                                  video_s=float(duration) if ended_with_video else None)
 
             report(ProgressEvent("text", 0, 1))
             with stage("text", graphs["clip_text"]):
                 tokens = self.models.tokenize([options.prompt, options.negative_prompt])
                 text_f = features.text_features(graphs["clip_text"], tokens)
             report(ProgressEvent("text", 1, 1))
-        waveform = self._sample_windows(plan, clip_f, sync_f, text_f, options.seed, stage, report)
+        with self._graph_lock:  # one clip at a time through the shared graphs (see __init__)
+            self.models.set_sequence_lengths(*plan.lengths)
+            waveform = self._sample_windows(plan, clip_f, sync_f, text_f, options.seed, stage, report)
         return GenerationResult(
             waveform=waveform, sample_rate=self.preset.sampling_rate, duration_s=plan.duration_s, video=video,
             timings=timings, preset=self.preset.name, seed=options.seed, device=str(self.device),
@@ -422,9 +432,7 @@ class Engine:
             with stage("vocoder", graphs["vocoder"]):
                 waveform = decode.vocode(graphs["vocoder"], mel)
             report(ProgressEvent("vocoder", window.index + 1, count))
-            if not torch.isfinite(waveform).all():
-                raise DeepSoundError(f"the generated audio contains NaN/Inf (dtype {self.dtype}); "
-                                     "fp16 can overflow: try --dtype bf16 or fp32")
+            decode.check_finite(waveform, self.dtype)
             joined.add(window, waveform.numpy())
         return joined.result()
 

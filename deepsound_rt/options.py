@@ -44,6 +44,13 @@ sampled (sequential). The rule: ``deepsound_rt.stages.windows``."""
 MAX_OVERLAP_S = TRAINING_DURATION_S / 2
 """Windows overlap by at most half their length, so no moment lies in three windows."""
 MAX_WINDOW_BATCH = 64
+MAX_NUM_STEPS = 1000
+"""Euler steps at most: MMAudio is trained and evaluated at 25; 40 times that bounds how long one
+clip can run (a typo such as 100000 would otherwise run for hours without an error)."""
+MAX_CFG_STRENGTH = 100.0
+"""Guidance strength at most (MMAudio's default is 4.5; strengths below 1 act as 1, as upstream):
+a bound that keeps the guided velocity finite, so an absurd value is refused up front rather than
+ending a whole run in NaN."""
 
 
 def _choice(what: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -51,20 +58,38 @@ def _choice(what: str, value: Any, allowed: tuple[str, ...]) -> None:
         raise DeepSoundError(f"unknown {what} {value!r} (choose from {', '.join(allowed)})")
 
 
-def _number(what: str, value: Any, low: float = -math.inf, high: float = math.inf) -> float:
-    """``value`` as a finite float in [low, high]; bools are not numbers here."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not low <= value <= high:
-        bounds = "" if (low, high) == (-math.inf, math.inf) else f" in [{low:g}, {high:g}]"
+def _number(what: str, value: Any, low: float = -math.inf, high: float = math.inf, above: bool = False) -> float:
+    """``value`` as a finite float in [low, high] (``above``: greater than ``low``); bools are not
+    numbers here."""
+    try:
+        valid = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) \
+            and (low < value if above else low <= value) and value <= high
+    except OverflowError:  # an int too large for a float
+        valid = False
+    if not valid:
+        bounds = (f" > {low:g}" if above and high == math.inf else f" of at least {low:g}" if high == math.inf
+                  else "" if low == -math.inf else f" in [{low:g}, {high:g}]")
         raise DeepSoundError(f"{what} must be a finite number{bounds}, got {value!r}")
     return float(value)
+
+
+def integer_in(what: str, value: Any, low: int, high: float = math.inf, bounds: str = "") -> int:
+    """``value`` if it is an int in [low, high] (bools are not), else a DeepSoundError naming the
+    range (``bounds``, or [low, high], or 'at least low')."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        bounds = bounds or (f"of at least {low}" if high == math.inf else f"in [{low}, {high}]")
+        raise DeepSoundError(f"{what} must be an integer {bounds}, got {value!r}")
+    return value
 
 
 def _optional_path(what: str, value: Any) -> Path | None:
     if value is None or isinstance(value, Path):
         return value
     if isinstance(value, str):
-        return Path(value).expanduser()
+        try:
+            return Path(value).expanduser()
+        except RuntimeError:  # ~name of no user here
+            raise DeepSoundError(f"{what}: cannot expand {value!r}: no such user's home directory") from None
     raise DeepSoundError(f"{what} must be a path, got {value!r}")
 
 
@@ -129,16 +154,13 @@ class EngineConfig:
         if not isinstance(self.device, str) or not (self.device in ("auto", "cpu", "cuda")
                                                     or self.device.removeprefix("cuda:").isdigit()):
             raise DeepSoundError(f"unknown device {self.device!r} (use auto, cpu, cuda or cuda:N)")
-        if isinstance(self.num_steps, bool) or not isinstance(self.num_steps, int) or self.num_steps < 1:
-            raise DeepSoundError(f"num_steps must be an integer of at least 1, got {self.num_steps!r}")
-        object.__setattr__(self, "cfg_strength", _number("cfg_strength", self.cfg_strength))
+        integer_in("num_steps", self.num_steps, 1, MAX_NUM_STEPS)
+        object.__setattr__(self, "cfg_strength", _number("cfg_strength", self.cfg_strength, 0, MAX_CFG_STRENGTH))
         object.__setattr__(self, "vad_min_speech_share", _number("vad_min_speech_share", self.vad_min_speech_share, 0, 1))
         object.__setattr__(self, "silence_threshold_db", _number("silence_threshold_db", self.silence_threshold_db))
         object.__setattr__(self, "silence_max_share", _number("silence_max_share", self.silence_max_share, 0, 1))
-        if self.window_batch != "auto" and (isinstance(self.window_batch, bool) or not isinstance(self.window_batch, int)
-                                            or not 1 <= self.window_batch <= MAX_WINDOW_BATCH):
-            raise DeepSoundError(f"window_batch must be auto or an integer in [1, {MAX_WINDOW_BATCH}], "
-                                 f"got {self.window_batch!r}")
+        if self.window_batch != "auto":
+            integer_in("window_batch", self.window_batch, 1, MAX_WINDOW_BATCH, bounds=f"auto or in [1, {MAX_WINDOW_BATCH}]")
         for name in ("verify_checksums", "cuda_graphs", "static_decode", "fp8", "overlap", "sdpa_encoders"):
             if not isinstance(getattr(self, name), bool):
                 raise DeepSoundError(f"{name} must be True or False, got {getattr(self, name)!r}")
@@ -150,6 +172,23 @@ class EngineConfig:
         if self.memory != "max" and holding:
             raise DeepSoundError(f"memory tier {self.memory!r} moves weights between steps, which "
                                  f"{', '.join(holding)} cannot follow: use memory='max' with them")
+
+    def ignored_settings(self) -> list[str]:
+        """One line per reason for settings this config gives that nothing will read (the Engine
+        logs them as warnings rather than dropping them without a word)."""
+        notes = []
+        if self.weights_source.random:
+            unread = [name for name in ("weights", "separator", "mllm", "judge_mllm", "siglip")
+                      if getattr(self, name) is not None]
+            unread += [] if self.verify_checksums else ["verify_checksums=False"]
+            if unread:
+                notes.append(f"ignored: {', '.join(unread)}: weights source {self.weights_source.value} "
+                             "builds random networks and reads no weight file")
+        if self.cuda_graphs and self.device == "cpu":
+            notes.append("ignored: cuda_graphs: CUDA graphs need a CUDA device")
+        if self.export is not None and self.backend == "torch":
+            notes.append("ignored: export: backend torch runs the torch modules, not the export")
+        return notes
 
 
 @dataclass(frozen=True)
@@ -177,13 +216,19 @@ class RunOptions:
             if not isinstance(getattr(self, name), str):
                 raise DeepSoundError(f"{name} must be a string, got {getattr(self, name)!r}")
         if self.duration is not None:
-            object.__setattr__(self, "duration", _number("duration", self.duration, 0))
-            if self.duration <= 0:
-                raise DeepSoundError(f"duration must be a finite number > 0 (or None), got {self.duration!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < MAX_SEED:
-            raise DeepSoundError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
+            object.__setattr__(self, "duration", _number("duration (seconds, or None)", self.duration, 0, above=True))
+        integer_in("seed", self.seed, 0, MAX_SEED - 1, bounds="in [0, 2**63)")
         object.__setattr__(self, "window_overlap", _number("window_overlap", self.window_overlap, 0, MAX_OVERLAP_S))
         _choice("seam", self.seam, SEAMS)
+
+    def ignored_settings(self) -> list[str]:
+        """Settings (other than their defaults) that this mode never reads, one line per mode."""
+        unread = []
+        if self.mode == "gen" and self.judge != default_of(RunOptions, "judge"):
+            unread.append(f"judge={self.judge}")
+        if self.mode in ("gen", "s3") and self.postprocess != default_of(RunOptions, "postprocess"):
+            unread.append(f"postprocess={self.postprocess}")
+        return [f"ignored: {', '.join(unread)}: mode {self.mode} stops before that step"] if unread else []
 
 
 def with_overrides(base, overrides: dict[str, Any]):

@@ -67,3 +67,14 @@ def goldens_by_kind(goldens_dir: Path) -> dict[str, list[Path]]:
     for path in sorted(goldens_dir.glob("*.json")):
         found.setdefault(json.loads(path.read_text()).get("kind", ""), []).append(path)
     return found
+
+
+@pytest.fixture(scope="session")
+def dev_export(tmp_path_factory) -> Path:
+    """`deepsound-rt export --preset dev`, as a user runs it, once per session (minutes on 2 cores);
+    tests that damage it work on a copy."""
+    from deepsound_rt.cli import main
+
+    out = tmp_path_factory.mktemp("exports") / "dev"
+    assert main(["export", "--preset", "dev", "--out", str(out), "--no-verify"]) == 0
+    return out

@@ -41,7 +41,7 @@ def assert_user_error(code: int, err: str, *words: str) -> None:
 
 
 def test_demo_writes_mp4_of_the_requested_duration(tmp_path, capsys):
-    out = tmp_path / "demo" / "demo.mp4"
+    out = tmp_path / "demo.mp4"
     code, stdout, stderr = run_cli(capsys, "demo", "-o", out, "--duration", "2", "--steps", "3")  # --steps: the alias of --num-steps
     assert code == 0
     assert "RANDOM weights" in stderr

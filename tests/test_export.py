@@ -38,14 +38,6 @@ def loader(export: Path | None, backend: str = "onnxruntime", preset: str = "dev
     return GraphLoader(backend, export, CPU, torch.float32, preset, use_kernels)
 
 
-@pytest.fixture(scope="module")
-def dev_export(tmp_path_factory) -> Path:
-    """`deepsound-rt export --preset dev`, as a user runs it (parity is checked by the tests below)."""
-    out = tmp_path_factory.mktemp("exports") / "dev"
-    assert main(["export", "--preset", "dev", "--out", str(out), "--no-verify"]) == 0
-    return out
-
-
 def test_cli_verify_export_passes(dev_export, capsys):
     assert main(["verify", "--export", str(dev_export)]) == 0
     assert "FAIL" not in capsys.readouterr().out

@@ -97,6 +97,7 @@ class GraphLoader:
             return None
         manifest = ExportManifest.load(self.export)
         manifest.check_compatible(self.preset, manifest.duration_s, self.export)
+        manifest.check_files(self.export)  # every graph, used or not (the detector too), before any work
         return manifest
 
     def choose(self, names: Sequence[str]) -> dict[str, str]:
@@ -111,10 +112,13 @@ class GraphLoader:
         ``torch_fallback``, are left out (the stage runs its own torch code for them) unless
         torch compiles them.
 
-        Exported graphs must match their manifest hashes and the weights of their modules (dtype
-        casts allowed); each violation is an ``ExportError``. TensorRT engines are cached in
-        ``engine_cache_dir`` (default: ``<export>/tensorrt``) and built at the export's precision
-        (``deepsound-rt export --dtype``), whatever dtype the torch graphs run in.
+        Exported graphs must match their manifest hashes (every file of the export is checked
+        when the manifest is first read) and the weights of their modules: exactly (the
+        manifest's ``sha256``) where the modules hold float32 weights, as an fp32 export's do, else
+        by structure and per-bucket norms (dtype casts allowed); each violation is an
+        ``ExportError``. TensorRT engines are cached in ``engine_cache_dir`` (default:
+        ``<export>/tensorrt``) and built at the export's precision (``deepsound-rt export
+        --dtype``), whatever dtype the torch graphs run in.
         """
         from ..export.manifest import ENGINE_CACHE_DIR, ExportError, weights_fingerprint
 
@@ -134,9 +138,10 @@ class GraphLoader:
                   if choice[name] == "torch" and on_torch(name)}
         if not from_export:
             return graphs
-        self.manifest.check_files(self.export, from_export)
         for name in from_export:
-            if not weights_fingerprint(modules[name], exact=False).same_weights(self.manifest.graphs[name].weights):
+            recorded, exact = self.manifest.graphs[name].weights, _float32_weights(modules[name])
+            found = weights_fingerprint(modules[name], exact=exact)
+            if not found.same_weights(recorded) or (exact and found.sha256 != recorded.sha256):
                 raise ExportError(f"export {self.export} was made from other weights than those loaded (graph {name}): "
                                   f"re-export with the same preset and weights")
         cache_dir = Path(self.engine_cache_dir) if self.engine_cache_dir is not None else self.export / ENGINE_CACHE_DIR
@@ -146,6 +151,13 @@ class GraphLoader:
             graph.manifest = self.manifest
             graphs[name] = graph
         return {name: graphs[name] for name in modules if name in graphs}
+
+
+def _float32_weights(module: nn.Module) -> bool:
+    """Whether every floating-point weight of ``module`` is float32: then its bytes are comparable
+    with the exported module's."""
+    tensors = [*module.parameters(), *module.buffers()]
+    return all(t.dtype == torch.float32 for t in tensors if t.is_floating_point())
 
 
 def _export_loaders(device: torch.device, cache_dir: Path, manifest: ExportManifest) -> dict:
@@ -166,11 +178,13 @@ def _export_loaders(device: torch.device, cache_dir: Path, manifest: ExportManif
     return {"onnxruntime": onnxruntime, "tensorrt": tensorrt}
 
 
-def check_export_duration(graphs: Mapping[str, Graph], preset_name: str, duration_s: float) -> None:
+def check_export_duration(graphs: Mapping[str, Graph], preset_name: str, duration_s: float,
+                          video_s: float | None = None) -> None:
     """Refuse (``ExportError``) a run whose duration differs from the one exported graphs were
-    made for; the Engine calls this once it knows the clip's real duration."""
+    made for; the Engine calls this once it knows the clip's real duration (and, when the clip
+    ended with the video, the video's: ``video_s``)."""
     for graph in graphs.values():
         manifest: ExportManifest | None = getattr(graph, "manifest", None)
         if manifest is not None:
-            manifest.check_compatible(preset_name, duration_s)
+            manifest.check_compatible(preset_name, duration_s, video_s=video_s)
             return

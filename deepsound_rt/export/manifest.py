@@ -2,12 +2,14 @@
 
 ``manifest.json`` names every graph's files (with SHA-256), its inputs and outputs, its dynamic
 axes with their (min, opt, max) sizes, the opset and precision, and the weights it was exported
-from. It is written last, so a directory whose export was interrupted has no manifest.
+from. An export is written into a folder beside its target and renamed into place when complete,
+so a reader never sees half an export.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,9 +24,13 @@ from ..weights_dir import file_digest
 
 MANIFEST_NAME = "manifest.json"
 ENGINE_CACHE_DIR = "tensorrt"  # default TensorRT engine cache, inside the export directory
-FORMAT = "deepsound_rt.export/2"  # 2: the source records its weights source
+FORMAT_PREFIX = "deepsound_rt.export/"
+FORMAT = FORMAT_PREFIX + "2"  # 2: the source records its weights source
 # Position tables rebuilt for every duration; the duration itself is checked instead.
 DURATION_TABLES = frozenset({"latent_rot", "clip_rot", "sync_src_index"})
+BAKED_LENGTH_INPUTS = {"latent": ("flow_velocity", "x"), "clip": ("flow_conditions", "clip_f"),
+                       "sync": ("flow_conditions", "sync_f")}
+"""Which flow-graph input fixes each sequence length (axis 1): the shapes an export is made for."""
 FINGERPRINT_BUCKETS = 16
 FINGERPRINT_RTOL = 1e-2  # bf16 rounding moves a sum of squares by ~1e-3 relative at most
 
@@ -148,24 +154,63 @@ class ExportManifest:
                 raise ExportError(f"{path} has format {data.get('format')!r}, this version reads {FORMAT!r}: "
                                   "re-export with this version")
             graphs = {name: GraphRecord.from_json(record) for name, record in data.pop("graphs").items()}
-            return cls(graphs=graphs, **data)
+            manifest = cls(graphs=graphs, **data)
+            manifest._check_consistent(path)
+            return manifest
         except ExportError:
             raise
         except (ValueError, KeyError, TypeError) as exc:
             raise ExportError(f"{path} is corrupt ({type(exc).__name__}: {exc}); re-export") from None
 
-    def check_compatible(self, preset_name: str, duration_s: float, directory: str | Path = "") -> None:
-        """Refuse an export of another preset, or of a duration with other sequence lengths."""
+    def _check_consistent(self, path: Path) -> None:
+        """Refuse a manifest that contradicts itself (edited, or corrupt in a way JSON still
+        parses): file names must be plain names in the export's own folder, and the duration,
+        the recorded sequence lengths and the flow graphs' input shapes must agree."""
+        names = [name for record in self.graphs.values() for name in record.files]
+        outside = [name for name in names if name != Path(name).name or name in ("", ".", "..")]
+        if outside:
+            raise ExportError(f"{path} names a file outside its folder ({outside[0]!r}): refused; re-export")
+        try:
+            expected = sequence_lengths_for(self.preset, float(self.duration_s))
+        except ExportError as exc:
+            raise ExportError(f"{path}: {exc}; re-export") from None
+        if not expected == self.sequence_lengths == self.baked_lengths():
+            raise ExportError(f"{path} contradicts itself: {float(self.duration_s):g} s means {_lengths_text(expected)}, "
+                              f"but it records {_lengths_text(self.sequence_lengths)} and its flow graphs take "
+                              f"{_lengths_text(self.baked_lengths())} (edited or corrupt); re-export")
+
+    def baked_lengths(self) -> dict[str, int]:
+        """The sequence lengths the flow graphs' recorded input shapes fix (the recorded lengths
+        for those the export has no flow graph for)."""
+        lengths = dict(self.sequence_lengths)
+        for key, (graph, tensor) in BAKED_LENGTH_INPUTS.items():
+            record = self.graphs.get(graph)
+            spec = next((t for t in record.inputs if t.name == tensor), None) if record is not None else None
+            if spec is not None:
+                lengths[key] = spec.shape[1]
+        return lengths
+
+    def check_compatible(self, preset_name: str, duration_s: float, directory: str | Path = "",
+                         video_s: float | None = None) -> None:
+        """Refuse an export of another preset, or of a duration with other sequence lengths.
+        ``video_s``: how long the input video is (None: at least ``duration_s``), so that the
+        message offers generating the export's own duration only where that is possible."""
         where = f"export {directory} " if directory else "the export "
         if preset_name != self.preset:
             raise ExportError(f"{where}is of preset '{self.preset}', not '{preset_name}': "
                               f"export it with `deepsound-rt export --preset {preset_name}`")
         wanted = sequence_lengths_for(preset_name, duration_s)
-        if wanted != self.sequence_lengths:
+        made_for = self.baked_lengths()
+        if wanted != made_for:
+            other = f" or generate {self.duration_s:g} s (`--duration {self.duration_s:g}`)"
+            if video_s is not None and video_s < self.duration_s:
+                other = f" (the video is {video_s:.2f} s, too short for the export's {self.duration_s:g} s)"
+            elif video_s is None and duration_s < self.duration_s:
+                other += " if the video lasts that long"
             raise ExportError(
-                f"{where}was made for {self.duration_s:g} s ({_lengths_text(self.sequence_lengths)}); "
+                f"{where}was made for {self.duration_s:g} s clips ({_lengths_text(made_for)}); "
                 f"{duration_s:g} s needs {_lengths_text(wanted)}: these are baked into the flow graphs, so "
-                f"export again with `--duration {duration_s:g}` or generate {self.duration_s:g} s")
+                f"export again with `--duration {duration_s:g}`{other}")
 
     def check_files(self, directory: str | Path, names: Iterable[str] | None = None) -> None:
         """SHA-256 of every file of the named graphs (all by default) against the manifest."""
@@ -179,6 +224,22 @@ class ExportManifest:
                     raise ExportError(f"export {directory} lacks {file_name} (graph {name}); re-export")
                 if file_digest(path) != expected:
                     raise ExportError(f"{path} does not match its manifest hash (corrupt or replaced); re-export")
+            self._check_interface(directory, name)
+
+    def _check_interface(self, directory: Path, name: str) -> None:
+        """The graph file's declared inputs and outputs (read without its weights) against the manifest's."""
+        import onnx
+
+        from .onnx import tensor_specs
+
+        record = self.graphs[name]
+        try:
+            declared = tensor_specs(onnx.load(str(directory / record.onnx_file), load_external_data=False))
+        except Exception:  # a file that matches its hash but is no ONNX model: the manifest lies
+            raise ExportError(f"{directory / record.onnx_file} is not an ONNX model; re-export") from None
+        if declared != (record.inputs, record.outputs):
+            raise ExportError(f"{directory / record.onnx_file} takes other inputs or outputs than the manifest "
+                              "says (edited manifest?); re-export")
 
 
 def sequence_lengths_for(preset_name: str, duration_s: float) -> dict[str, int]:
@@ -189,6 +250,8 @@ def sequence_lengths_for(preset_name: str, duration_s: float) -> dict[str, int]:
     if preset_name not in PRESETS:
         raise ExportError(f"unknown preset '{preset_name}' (choose from {', '.join(sorted(PRESETS))})")
     preset = PRESETS[preset_name]
+    if isinstance(duration_s, bool) or not isinstance(duration_s, (int, float)) or not 0 < duration_s < math.inf:
+        raise ExportError(f"duration must be a finite number of seconds > 0, got {duration_s!r}")
     try:
         latent, clip, sync = sequence_lengths(duration_s, preset.sampling_rate, preset.hop_length)
     except ValueError as exc:

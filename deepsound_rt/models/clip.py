@@ -11,6 +11,8 @@ Both are plain open_clip ``CLIP`` state dicts (686 keys, 986,714,881 elements).
 """
 from __future__ import annotations
 
+import functools
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -23,6 +25,8 @@ from torch import nn
 
 from ..errors import InputError, WeightsError
 from .weights import load_state_file, load_strict, state_shapes
+
+log = logging.getLogger(__name__)
 
 CLIP_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 """File names looked for in a CLIP weights directory, in order of preference."""
@@ -124,6 +128,16 @@ def find_clip_weights(directory: str | Path) -> Path:
     raise WeightsError(f"no CLIP weights in {directory}: expected one of {', '.join(CLIP_WEIGHT_FILES)}")
 
 
+@functools.lru_cache(maxsize=32)  # once per text, not once per generation of a run
+def _warn_if_truncated(tokenizer, text: str) -> None:
+    room = tokenizer.context_length - 2  # start and end tokens
+    tokens = tokenizer.encode(text)
+    if len(tokens) > room:
+        dropped = " ".join(tokenizer.decode(tokens[room:room + 8]).split())
+        log.warning("a prompt of %d tokens was cut to CLIP's %d: the rest, from %r, is ignored", len(tokens), room,
+                    dropped[:40])
+
+
 def _causal_mask(context_length: int) -> torch.Tensor:
     """open_clip's additive causal text mask (0 on and below the diagonal, -inf above)."""
     return torch.full((context_length, context_length), float("-inf")).triu_(1)
@@ -165,7 +179,10 @@ class ClipEncoder(nn.Module):
         return self.model.token_embedding.weight.device
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
-        """(B, context_length) int64 BPE ids: [SOT, tokens..., EOT, 0...], truncated to fit."""
+        """(B, context_length) int64 BPE ids: [SOT, tokens..., EOT, 0...], truncated to fit (with
+        a warning naming what is dropped: CLIP never sees it)."""
+        for text in texts:
+            _warn_if_truncated(self.tokenizer, text)
         return self.tokenizer(list(texts))
 
     def normalized_images(self, frames: torch.Tensor) -> torch.Tensor:
