@@ -32,11 +32,13 @@ browser:
 test: setup browser
 	$(PY) -m pytest -q tests
 
-# Rewrite constraints.txt from the venv: every installed package at its installed version.
+# Rewrite constraints.txt from the venv: every installed package at its installed version (a wheel
+# installed from a local file is written as name==version, which any index can serve).
 lock: setup
 	{ echo "# Every installed package at the version the suite passed with (transitive ones included)."; \
 	  echo "# Regenerate with \`make lock\` after changing requirements.txt."; \
-	  $(PY) -m pip freeze --exclude-editable | grep -v '^#'; } > constraints.txt
+	  $(PY) -m pip freeze --exclude-editable | grep -v '^#' \
+	    | sed -E 's|^([^ ]+) @ file://.*/[^/]+-([0-9][^-]*)-[^/]*\.whl.*|\1==\2|'; } > constraints.txt
 
 # Build outputs only; the venv stays (it takes minutes to rebuild). Dropping the stamp makes the
 # next setup reinstall the package, which rebuilds the kernels removed here.
