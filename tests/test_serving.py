@@ -103,7 +103,8 @@ def test_a_job_runs_every_step_streams_events_and_gives_its_files(client, server
     job = client.get(f"/v1/jobs/{job_id}").json()
     assert job["status"] == "done" and job["error"] is None and job["attempts"] == 1
     assert job["options"] == {"mode": "s4", "postprocess": "rep", "judge": "always", "prompt": "",
-                              "negative_prompt": "", "duration": 1.5, "seed": 3}
+                              "negative_prompt": "", "duration": 1.5, "seed": 3,
+                              "window_overlap": 2.0, "seam": "crossfade"}  # the whole RunOptions, defaults too
     ids = [event["id"] for event in events]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
     statuses = [event["data"]["status"] for event in events if event["event"] == "status"]
